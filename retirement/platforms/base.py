@@ -1,0 +1,114 @@
+"""Ports for where a model lives (Registry) and where its traffic goes (Serving)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from retirement.models import (
+    Capabilities,
+    DeletionBlocker,
+    DeletionReceipt,
+    Dependent,
+    Dossier,
+    ExportItem,
+    ModelRef,
+    SmokeResult,
+)
+
+if TYPE_CHECKING:
+    from retirement.traffic.base import TrafficSource
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """Where a model lives: describe it, find what depends on it, back it up, delete it.
+
+    Every method takes a reference whose ``platform`` is this adapter's. Methods that change
+    anything (``set_active``, ``delete``) must be safe to call again after a crash: calling
+    ``delete`` on something already gone raises ``NotFoundError`` and changes nothing.
+    """
+
+    name: str
+    capabilities: Capabilities
+
+    def describe(self, ref: ModelRef) -> Dossier:
+        """The dossier's facts: versions, metadata, metrics, where it is deployed.
+
+        Raises:
+            NotFoundError: the model or version does not exist.
+        """
+        ...
+
+    def dependents(self, ref: ModelRef) -> list[Dependent]:
+        """Everything that still points at the version: aliases, deployments, agents, children."""
+        ...
+
+    def deletion_blockers(self, ref: ModelRef) -> list[DeletionBlocker]:
+        """The platform's own rules that forbid deleting ``ref`` right now (empty = may delete)."""
+        ...
+
+    def export(self, ref: ModelRef) -> list[ExportItem]:
+        """Every file the platform lets out for a backup, as lazily opened streams."""
+        ...
+
+    def set_active(self, ref: ModelRef, active: bool) -> None:
+        """The soft step: deactivate / deprecate (``False``) or undo it (``True``).
+
+        Raises:
+            ConflictError: the platform has no soft step (``capabilities.soft_delete`` is None).
+        """
+        ...
+
+    def delete(self, ref: ModelRef) -> DeletionReceipt:
+        """Delete ``ref`` (after re-checking ``deletion_blockers``) and confirm it is gone.
+
+        Raises:
+            DeletionBlockedError: a blocker stands; nothing was deleted.
+            NotFoundError: it was already gone.
+        """
+        ...
+
+    def exists(self, ref: ModelRef) -> bool:
+        """True while the platform still knows ``ref``."""
+        ...
+
+
+@runtime_checkable
+class Serving(Protocol):
+    """Where production traffic for a model is routed."""
+
+    name: str
+
+    def deploy_staging(self, ref: ModelRef) -> None:
+        """Make ``ref`` the staging target of its model."""
+        ...
+
+    def smoke_test(self, ref: ModelRef, requests: int = 5) -> SmokeResult:
+        """Send golden requests to ``ref`` (as staged) and report errors and latency."""
+        ...
+
+    def production(self, model: ModelRef) -> ModelRef | None:
+        """The version currently serving production for ``model``, if any."""
+        ...
+
+    def switch(self, to: ModelRef) -> ModelRef | None:
+        """Point production at ``to``; return what it replaced (for rollback). Idempotent."""
+        ...
+
+
+@dataclass
+class Platform:
+    """The adapters of one platform, as picked by name from the registry of platforms."""
+
+    name: str
+    registry: Registry
+    serving: Serving | None = None
+    traffic: TrafficSource | None = None
+
+    def close(self) -> None:
+        """Release HTTP clients and files held by the adapters."""
+        for part in (self.registry, self.serving, self.traffic):
+            closer = getattr(part, "close", None)
+            if callable(closer):
+                closer()

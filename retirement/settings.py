@@ -1,0 +1,69 @@
+"""Settings of the library, from RETIRE_* environment variables (one class per concern)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.model-retirement")
+
+
+class RetireSettings(BaseSettings):
+    """Where the library keeps its files, and the limits no run parameter can lower."""
+
+    model_config = SettingsConfigDict(env_prefix="RETIRE_", extra="ignore")
+
+    home: Path = Field(
+        default=DEFAULT_HOME,
+        description="Root of everything kept on this machine: local platform, backups, ledger, state.",
+    )
+    local_root: Path | None = Field(
+        default=None, description="Root of the embedded local platform (default: <home>/local)."
+    )
+    backup_root: Path | None = Field(
+        default=None, description="Root of the filesystem backup store (default: <home>/backups)."
+    )
+    ledger_path: Path | None = Field(
+        default=None, description="The audit ledger, JSON lines (default: <home>/ledger.jsonl)."
+    )
+    gateway_host: str = Field(default="127.0.0.1", description="Address the local gateway binds to.")
+    gateway_port: int = Field(default=8765, ge=1, le=65535, description="Port of the local gateway.")
+    min_traffic_window_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="The shortest traffic window a run may ask for (hours). Only the operator lowers it "
+        "(e.g. 0 on a demo machine); a run parameter cannot.",
+    )
+    min_backup_retention_days: int = Field(
+        default=30, ge=0, description="The shortest backup retention a run may ask for (days)."
+    )
+
+    def _under_home(self, value: Path | None, name: str) -> Path:
+        return (value or self.home.expanduser() / name).expanduser()
+
+    @property
+    def local_dir(self) -> Path:
+        """The local platform's root."""
+        return self._under_home(self.local_root, "local")
+
+    @property
+    def backup_dir(self) -> Path:
+        """The backup store's root."""
+        return self._under_home(self.backup_root, "backups")
+
+    @property
+    def ledger_file(self) -> Path:
+        """The audit ledger's path."""
+        return (self.ledger_path or self.home.expanduser() / "ledger.jsonl").expanduser()
+
+    @property
+    def state_dir(self) -> Path:
+        """Where each retirement's state (phase receipts) is kept."""
+        return self.home.expanduser() / "retirements"
+
+    @property
+    def gateway_url(self) -> str:
+        """Base URL of the local gateway."""
+        return f"http://{self.gateway_host}:{self.gateway_port}"
