@@ -301,6 +301,25 @@ class VersionInfo(BaseModel):
     active: bool = Field(default=True, description="False when deactivated or deprecated.")
 
 
+class CatalogEntry(BaseModel):
+    """One version as listed for a retention review: enough to decide without another call."""
+
+    reference: ModelRef = Field(description="The version.")
+    created_at: datetime = Field(description="When the version was created.")
+    stage: str | None = Field(
+        default=None, description="Where it stands: production, staging, archived, experiment, failed, ..."
+    )
+    status: str | None = Field(
+        default=None, description="Last lifecycle event: promoted, rejected, superseded, failed, ... (None if none)."
+    )
+    status_changed_at: datetime | None = Field(default=None, description="When that event happened.")
+    aliases: list[str] = Field(default_factory=list, description="Aliases pointing at it (production, staging, ...).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on the version (keep, legal-hold, ...).")
+    dependents: list[Dependent] = Field(default_factory=list, description="Everything else that points at it.")
+    size_bytes: int | None = Field(default=None, description="Storage it takes, when known.")
+    active: bool = Field(default=True, description="False when deactivated or deprecated.")
+
+
 class PlanStep(BaseModel):
     """One action the retirement will take, as shown in the plan table."""
 
@@ -520,6 +539,7 @@ __all__ = [
     "AuditEvent",
     "BackupManifest",
     "Capabilities",
+    "CatalogEntry",
     "DeletionBlocker",
     "DeletionReceipt",
     "Dependent",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from retirement.models import (
     Capabilities,
+    CatalogEntry,
     DeletionBlocker,
     DeletionReceipt,
     Dependent,
@@ -71,6 +73,15 @@ class Registry(Protocol):
 
     def exists(self, ref: ModelRef) -> bool:
         """True while the platform still knows ``ref``."""
+        ...
+
+
+@runtime_checkable
+class Catalog(Protocol):
+    """Lists every version on a platform, for the quarterly retention review."""
+
+    def list_versions(self) -> Iterator[CatalogEntry]:
+        """Every version of every model, paginated to the end, in no particular order."""
         ...
 
 
