@@ -1,0 +1,1 @@
+"""Fakes that speak the real wire protocols of what cannot run here (Slack, platform clouds)."""
