@@ -126,9 +126,8 @@ def send(
                 raise PlatformUnavailableError(platform, f"{method} {url}: {type(exc).__name__}: {exc}") from exc
             wait = min(max_wait, 0.5 * 2**attempt)
         else:
-            if response.status_code == 429 and not last:
-                wait = min(max_wait, retry_after_seconds(response) or 0.5 * 2**attempt)
-            elif response.status_code >= 500 and idempotent and not last:
+            retryable = response.status_code == 429 or (response.status_code >= 500 and idempotent)
+            if retryable and not last:
                 wait = min(max_wait, retry_after_seconds(response) or 0.5 * 2**attempt)
             else:
                 return raise_for_platform(response, platform, extract)
