@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 import slack_sdk.http_retry.builtin_handlers as builtin_handlers
 from pydantic import SecretStr
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from retirement.errors import ConfigError
 from retirement.models import Notification, NotificationStatus, Phase
@@ -281,3 +283,30 @@ def test_token_without_channel_is_a_config_error(slack: FakeSlack, channel: str 
     assert slack.token not in str(raised.value)
     with pytest.raises(ConfigError, match="RETIRE_SLACK_CHANNEL"):
         SlackNotifier(settings)
+
+
+def test_an_injected_client_gets_the_notifiers_retries(slack: FakeSlack) -> None:
+    client = WebClient(token=slack.token, base_url=slack.base_url)
+    bot = SlackNotifier(make_settings(slack, bot_token=None), client=client)
+    slack.fail(1, status=500)
+
+    receipt = bot.post(event())
+
+    assert receipt.delivered and receipt.attempts == 2
+    assert len(slack.calls("chat.postMessage")) == 2
+
+
+def test_fake_slack_speaks_form_and_json_bodies_and_checks_the_token(slack: FakeSlack) -> None:
+    client = WebClient(token=slack.token, base_url=slack.base_url)
+    assert client.auth_test()["user_id"] == "U00000000"
+    form = client.api_call("chat.postMessage", params={"channel": "C1", "text": "form body"})
+    as_json = client.chat_postMessage(channel="C1", text="json body", thread_ts=form["ts"])
+    assert float(as_json["ts"]) > float(form["ts"])
+    assert as_json["message"]["thread_ts"] == form["ts"]
+    bodies = [c.body for c in slack.calls("chat.postMessage")]
+    assert bodies[0] == {"channel": "C1", "text": "form body"}
+    assert bodies[1]["text"] == "json body"
+
+    with pytest.raises(SlackApiError) as raised:
+        WebClient(token="xoxb-not-the-right-one", base_url=slack.base_url).auth_test()
+    assert raised.value.response["error"] == "invalid_auth"
