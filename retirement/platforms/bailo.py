@@ -358,18 +358,29 @@ class BailoRegistry:
                 },
             ),
         ]
+        released_in = {
+            str(f.get("name")): str(r.get("semver"))
+            for r in releases
+            for f in r.get("files") or []
+            if isinstance(f, dict) and f.get("name")
+        }
         for file in files:
+            name = str(file.get("name") or "")
             file_id = str(file.get("id") or file.get("_id") or "")
-            if not file_id:
-                raise ConflictError(f"bailo: a file of {model_id} has no id: {file.get('name')!r}")
+            if file_id:
+                url = self._path(model_id, "file", quote(file_id, safe=""), "download")
+                path = f"files/{_safe_name(file_id)}/{_safe_name(name or file_id)}"
+            elif name in released_in:
+                # Listings without an id: download through a release that carries the file.
+                semver = released_in[name]
+                url = self._path(model_id, "release", quote(semver, safe=""), "file", quote(name, safe=""), "download")
+                path = f"files/{_safe_name(semver)}/{_safe_name(name)}"
+            else:
+                raise ConflictError(f"bailo: file {name!r} of {model_id} has no id and is in no release")
             size = file.get("size")
             items.append(
                 http_export_item(
-                    self.client,
-                    f"files/{_safe_name(file_id)}/{_safe_name(str(file.get('name') or file_id))}",
-                    self._path(model_id, "file", quote(file_id, safe=""), "download"),
-                    platform=PLATFORM,
-                    size=int(size) if isinstance(size, int | float) else None,
+                    self.client, path, url, platform=PLATFORM, size=int(size) if isinstance(size, int | float) else None
                 )
             )
         return items
