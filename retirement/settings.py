@@ -36,6 +36,12 @@ class RetireSettings(BaseSettings):
         description="The shortest traffic window a run may ask for (hours). Only the operator lowers it "
         "(e.g. 0 on a demo machine); a run parameter cannot.",
     )
+    gate_poll_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="How often a run paused at a gate (outside a deployment) checks for an answer.",
+    )
     min_backup_retention_days: int = Field(
         default=30, ge=0, description="The shortest backup retention a run may ask for (days)."
     )

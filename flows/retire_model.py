@@ -1,0 +1,154 @@
+"""The retirement protocol as a Prefect flow: one phase after another, a gate before each risk.
+
+A run carries the retirement as far as it can without waiting; a long wait (the low-traffic
+window, the traffic window, the pending delete, the next monitoring check) ends the run and
+schedules the next phase as a new run of the same deployment, visible and cancellable in the UI.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Failed, State
+
+from flows.gates import ask
+from flows.guard import one_retirement_per_model
+from retirement.errors import ApprovalError, RetirementError, SafetyError
+from retirement.models import NotificationStatus, Phase, RetirementRequest
+from retirement.protocol import GATE_CUTOVER, GATE_DELETION, GATE_MANUAL_CUTOVER, GATE_PLAN
+from tasks import backup, cutover, delete, document, lifecycle, monitor, staging, verify
+from tasks.gates import expire_gate as expire_gate_task
+from tasks.lifecycle import now
+
+Next = tuple[Phase, datetime] | None
+
+
+def document_leg(request: RetirementRequest, rid: str) -> Next:
+    """1. Dossier and plan; the plan is approved."""
+    document.document(request, rid)
+    if request.dry_run:
+        return None
+    ask(request, rid, GATE_PLAN, "Approve the retirement plan", f"Retire {request.model}: {request.reason}.")
+    return Phase.STAGING, now()
+
+
+def staging_leg(request: RetirementRequest, rid: str) -> Next:
+    """2. Replacement deployed to staging and smoke-tested; the cutover is approved."""
+    outcome = staging.stage(request, rid)
+    if request.replacement:
+        ask(
+            request,
+            rid,
+            GATE_CUTOVER,
+            "Approve the production cutover",
+            f"{outcome}. Production switches from {request.model} to {request.replacement}.",
+        )
+    return Phase.CUTOVER, cutover.cutover_time(request)
+
+
+def cutover_leg(request: RetirementRequest, rid: str) -> Next:
+    """3. Production switched, inference verified, bake watched (a breach rolls back)."""
+    if request.replacement and request.serving == "manual":
+        ask(
+            request,
+            rid,
+            GATE_MANUAL_CUTOVER,
+            "Confirm the manual cutover",
+            f"Switch production from {request.model} to {request.replacement} by hand, then confirm.",
+            checklist=[
+                f"{request.replacement} deployed and answering",
+                "every client config points at it",
+                f"no client names {request.model} any more",
+            ],
+        )
+    cutover.cutover(request, rid)
+    cutover.bake(request, rid)
+    return Phase.VERIFY_IDLE, cutover.open_window(request, rid)  # 4. the traffic window, no process held
+
+
+def verify_leg(request: RetirementRequest, rid: str) -> Next:
+    """5. Zero requests over the whole window, full coverage, no dependents."""
+    verify.verify_idle(request, rid)
+    return Phase.BACKUP, now()
+
+
+def backup_leg(request: RetirementRequest, rid: str) -> Next:
+    """6. Backup written and verified; the deletion is approved with the typed reference."""
+    backup.backup(request, rid)
+    ask(request, rid, GATE_DELETION, "Approve the deletion", f"{request.model} will be deleted permanently.")
+    if request.soft_delete and delete.soft_delete(request, rid) != "no soft step":
+        return Phase.DELETE, now() + timedelta(hours=request.pending_delete_hours)
+    return Phase.DELETE, now()
+
+
+def delete_leg(request: RetirementRequest, rid: str) -> Next:
+    """7. Backup re-verified, traffic re-checked, deleted, gone."""
+    delete.delete(request, rid)
+    return (Phase.MONITOR, now() + timedelta(hours=request.monitor_interval_hours)) if request.monitor_days else None
+
+
+def monitor_leg(request: RetirementRequest, rid: str) -> Next:
+    """8. One daily check of errors and of requests still naming the old model."""
+    remaining = monitor.monitor_check(request, rid)
+    return (Phase.MONITOR, now() + timedelta(hours=request.monitor_interval_hours)) if remaining else None
+
+
+LEGS = {
+    Phase.DOCUMENT: document_leg,
+    Phase.STAGING: staging_leg,
+    Phase.CUTOVER: cutover_leg,
+    Phase.VERIFY_IDLE: verify_leg,
+    Phase.BACKUP: backup_leg,
+    Phase.DELETE: delete_leg,
+    Phase.MONITOR: monitor_leg,
+}
+
+
+def _run_name() -> str:
+    params = flow_run.get_parameters()
+    request, phase = params.get("request"), params.get("phase", Phase.DOCUMENT)
+    model = request.model if isinstance(request, RetirementRequest) else (request or {}).get("model", "?")
+    return f"retire {model} · {getattr(phase, 'value', phase)}"
+
+
+@flow(name="retire-model", flow_run_name=_run_name, persist_result=True, log_prints=False)
+def retire_model(
+    request: RetirementRequest,
+    phase: Phase = Phase.DOCUMENT,
+    retirement_id: str | None = None,
+    expire_gate: str | None = None,
+) -> State | str:
+    """Retire one model safely: document, staging, cutover, traffic window, verify idle, backup, delete, monitor."""
+    rid = lifecycle.open_retirement(request, retirement_id, phase)
+    if expire_gate:
+        return expire_gate_task(request, rid, expire_gate)
+    with one_retirement_per_model(request, rid):
+        step: Phase | None = phase
+        while step is not None:
+            if lifecycle.enter_phase(request, rid, step) in ("halted", "done"):
+                return Cancelled(message=f"retirement {rid} is no longer running")
+            try:
+                nxt = LEGS[step](request, rid)
+            except (SafetyError, ApprovalError) as exc:
+                lifecycle.halt(request, rid, str(exc))
+                state = Cancelled if isinstance(exc, ApprovalError) else Failed
+                return state(message=f"retirement {rid} halted: {exc}")
+            except RetirementError as exc:  # not a verdict: the run fails and can be retried where it stopped
+                lifecycle.announce(
+                    request,
+                    rid,
+                    NotificationStatus.FAILED,
+                    f"Phase *{step.value}* failed: {exc}",
+                    next_step="fix the cause and retry this flow run",
+                )
+                raise
+            lifecycle.leave_phase(request, rid, f"{step.value} done")
+            if nxt is None:
+                return lifecycle.finish(request, rid, "dry run: plan only" if request.dry_run else "retired")
+            step, at = nxt
+            if at > now() + timedelta(seconds=1):
+                lifecycle.schedule(request, rid, step, at)
+                return f"{rid}: next phase {step.value} at {at.isoformat()}"
+    return rid

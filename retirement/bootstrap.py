@@ -1,0 +1,98 @@
+"""Wiring: the adapters one retirement uses, built from settings in one place (tests swap the factory)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from retirement.backup.base import BackupStore
+from retirement.errors import UnknownNameError
+from retirement.ledger import Ledger
+from retirement.notify.base import Notifier
+from retirement.platforms import Platform, get_platform
+from retirement.settings import RetireSettings
+from retirement.state import StateStore
+from retirement.traffic.base import TrafficSource
+
+# Traffic sources other than a platform's own, by name -> "module:factory(settings) -> TrafficSource".
+_TRAFFIC_SOURCES: dict[str, str] = {
+    "prometheus": "retirement.traffic.prometheus:build",
+}
+
+
+@dataclass
+class Services:
+    """Everything the phases of one retirement talk to."""
+
+    settings: RetireSettings
+    platform: Platform
+    traffic: list[TrafficSource]
+    backups: BackupStore
+    ledger: Ledger
+    notifier: Notifier
+    states: StateStore
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release clients held by the adapters."""
+        self.platform.close()
+        for source in self.traffic:
+            closer = getattr(source, "close", None)
+            if callable(closer):
+                closer()
+
+
+def traffic_sources(names: list[str], platform: Platform, settings: RetireSettings) -> list[TrafficSource]:
+    """The sources named in a request; the platform's own when none are named.
+
+    Raises:
+        UnknownNameError: a name that is neither the platform's own source nor a known one.
+    """
+    if not names:
+        return [platform.traffic] if platform.traffic is not None else []
+    sources: list[TrafficSource] = []
+    for name in names:
+        if platform.traffic is not None and name in (platform.name, platform.traffic.name):
+            sources.append(platform.traffic)
+            continue
+        target = _TRAFFIC_SOURCES.get(name)
+        if target is None:
+            valid = set(_TRAFFIC_SOURCES) | ({platform.traffic.name} if platform.traffic else set())
+            raise UnknownNameError("traffic_sources", name, valid)
+        module_name, _, attr = target.partition(":")
+        sources.append(getattr(importlib.import_module(module_name), attr)(settings))
+    return sources
+
+
+def default_services(platform_name: str, traffic_names: list[str]) -> Services:
+    """Services from the environment: the named platform, RETIRE_HOME's store, ledger and states."""
+    from retirement.backup.filesystem import FilesystemBackupStore
+    from retirement.notify import get_notifier
+
+    settings = RetireSettings()
+    platform = get_platform(platform_name, settings)
+    return Services(
+        settings=settings,
+        platform=platform,
+        traffic=traffic_sources(traffic_names, platform, settings),
+        backups=FilesystemBackupStore(settings.backup_dir),
+        ledger=Ledger(settings.ledger_file),
+        notifier=get_notifier(),
+        states=StateStore(settings.state_dir),
+    )
+
+
+ServicesFactory = Callable[[str, list[str]], Services]
+_factory: ServicesFactory = default_services
+
+
+def services(platform_name: str, traffic_names: list[str]) -> Services:
+    """The services for a retirement on ``platform_name`` (from the current factory)."""
+    return _factory(platform_name, traffic_names)
+
+
+def use_factory(factory: ServicesFactory | None) -> None:
+    """Replace how services are built (tests pass in-memory fakes); None restores the default."""
+    global _factory
+    _factory = factory or default_services

@@ -1,0 +1,842 @@
+"""The retirement protocol's phases as plain functions; the safety invariants are checked here.
+
+Each phase re-checks its preconditions first (the world may have changed while it waited),
+writes an intent to the ledger before and an outcome after every destructive call, and is
+safe to run again after a crash: a completed destructive call is never repeated, an
+interrupted one is completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import zoneinfo
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from retirement.bootstrap import Services
+from retirement.errors import (
+    ApprovalError,
+    BackupVerifyError,
+    DeletionBlockedError,
+    InputError,
+    NotFoundError,
+    SafetyError,
+)
+from retirement.models import (
+    Approval,
+    DeletionReceipt,
+    Dossier,
+    ModelRef,
+    Notification,
+    NotificationStatus,
+    Phase,
+    PlanStep,
+    RetirementRequest,
+    TrafficReport,
+    TrafficVerdict,
+    utcnow,
+)
+from retirement.state import RetirementState, new_retirement_id
+from retirement.traffic.verdict import observe
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+GATE_PLAN = "approve-plan"
+GATE_CUTOVER = "approve-cutover"
+GATE_MANUAL_CUTOVER = "confirm-manual-cutover"
+GATE_DELETION = "approve-deletion"
+
+
+# --- opening --------------------------------------------------------------------------------------
+
+
+def check_limits(request: RetirementRequest, svc: Services) -> None:
+    """Refuse what the operator's settings forbid, before any side effect.
+
+    Raises:
+        InputError: naming the field and the allowed range.
+    """
+    settings = svc.settings
+    if request.traffic_window_hours < settings.min_traffic_window_hours:
+        raise InputError(
+            "traffic_window_hours",
+            f"{request.traffic_window_hours:g} h is shorter than this server allows",
+            f">= {settings.min_traffic_window_hours:g} h (RETIRE_MIN_TRAFFIC_WINDOW_HOURS, set by the operator)",
+        )
+    if request.backup_retention_days < settings.min_backup_retention_days:
+        raise InputError(
+            "backup_retention_days",
+            f"{request.backup_retention_days} days is shorter than this server allows",
+            f">= {settings.min_backup_retention_days} days (RETIRE_MIN_BACKUP_RETENTION_DAYS)",
+        )
+    try:
+        zoneinfo.ZoneInfo(request.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InputError("timezone", f"unknown timezone {request.timezone!r}", "an IANA name such as 'UTC'") from None
+    if request.serving not in (None, "manual", svc.platform.name):
+        raise InputError("serving", f"unknown serving target {request.serving!r}", f"{svc.platform.name}, manual")
+
+
+def open_retirement(svc: Services, request: RetirementRequest, retirement_id: str | None) -> RetirementState:
+    """Load the retirement, or open a new one and claim its model (one retirement per model).
+
+    Raises:
+        InputError: the request breaks a limit, or differs from the one the retirement was opened with.
+        ConflictError: another open retirement holds the model; the message names it.
+    """
+    check_limits(request, svc)
+    if retirement_id:
+        state = svc.states.load(retirement_id)
+        if state.request != request:
+            raise InputError(
+                "request", f"differs from the request retirement {retirement_id} was opened with", "the same request"
+            )
+        return state
+    state = RetirementState(id=new_retirement_id(request.ref), request=request)
+    svc.states.claim(request.ref, state.id)
+    svc.states.save(state)
+    record(svc, state, "decision", "open", actor=request.requester, detail={"reason": request.reason})
+    return state
+
+
+def record(
+    svc: Services,
+    state: RetirementState,
+    kind: Any,
+    action: str,
+    *,
+    actor: str = "system",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One ledger entry for this retirement."""
+    svc.ledger.append(state.id, kind, action, actor=actor, reference=str(state.ref), detail=detail)
+
+
+def announce(
+    svc: Services,
+    state: RetirementState,
+    status: NotificationStatus,
+    text: str,
+    *,
+    next_step: str | None = None,
+    next_at: datetime | None = None,
+    ui_url: str | None = None,
+) -> None:
+    """Notify people; a failure is recorded in the ledger and never stops the protocol."""
+    event = Notification(
+        retirement_id=state.id,
+        reference=str(state.ref),
+        phase=state.phase,
+        status=status,
+        text=text,
+        next_step=next_step,
+        next_at=next_at,
+        ui_url=ui_url,
+    )
+    try:
+        receipt = svc.notifier.post(event, thread=state.slack_thread)
+    except Exception as exc:  # invariant 8: a notifier bug must not block a safety step either
+        record(svc, state, "notice", "notify-failed", detail={"status": status.value, "error": repr(exc)})
+        return
+    if receipt.thread and not state.slack_thread:
+        state.slack_thread = receipt.thread
+        svc.states.save(state)
+    if not receipt.delivered:
+        record(
+            svc,
+            state,
+            "notice",
+            "notify-failed",
+            detail={"status": status.value, "error": receipt.error, "attempts": receipt.attempts},
+        )
+
+
+def halt(svc: Services, state: RetirementState, reason: str, *, ui_url: str | None = None) -> None:
+    """Stop the retirement for good: nothing destructive happens after this; say so everywhere."""
+    state.leave(f"halted: {reason}")
+    state.status = "halted"
+    state.status_reason = reason
+    state.pending_gate = None
+    state.next_phase = None
+    state.next_run_at = None
+    svc.states.save(state)
+    record(svc, state, "decision", "halt", detail={"reason": reason, "phase": state.phase.value})
+    svc.states.release(state.ref, state.id)
+    announce(
+        svc,
+        state,
+        NotificationStatus.HALTED,
+        f"Retirement halted in phase *{state.phase.value}*: {reason}. Nothing further will be done.",
+        ui_url=ui_url,
+    )
+
+
+# --- phase 1: document ----------------------------------------------------------------------------
+
+
+def document(svc: Services, state: RetirementState) -> Dossier:
+    """Phase 1: the dossier of the old model and the plan of every action to come."""
+    if state.dossier is not None:
+        return state.dossier
+    request, registry = state.request, svc.platform.registry
+    dossier = registry.describe(state.ref)
+    replacement = request.replacement_ref
+    if replacement is not None and not registry.exists(replacement):
+        raise InputError(
+            "replacement", f"{replacement} does not exist on {replacement.platform}", "an existing version"
+        )
+    dossier.dependents = registry.dependents(state.ref)
+    dossier.blockers = registry.deletion_blockers(state.ref)
+    dossier.capabilities = registry.capabilities
+    serving = svc.platform.serving
+    if serving is not None and request.serving != "manual":
+        current = serving.production(state.ref.model)
+        if current is not None:
+            dossier.deployed_at.append(f"production ({serving.name}): {current}")
+    if not svc.traffic:
+        dossier.known_issues.append(
+            f"No traffic source observes {state.ref.platform}: the retirement will stop at verify-idle "
+            "unless `traffic_sources` names one."
+        )
+    for blocker in dossier.blockers:
+        if not blocker.cleared_by_protocol:
+            dossier.known_issues.append(f"Deletion blocked until resolved: {blocker.message} {blocker.remedy}".strip())
+    dossier.plan = make_plan(svc, state, dossier)
+    state.dossier = dossier
+    svc.states.save(state)
+    record(
+        svc,
+        state,
+        "outcome",
+        "document",
+        detail={"dependents": len(dossier.dependents), "blockers": [b.code for b in dossier.blockers]},
+    )
+    return dossier
+
+
+def uses_manual_serving(svc: Services, request: RetirementRequest) -> bool:
+    """True when staging and cutover are checklist gates answered by a person."""
+    return request.serving == "manual" or svc.platform.serving is None
+
+
+def confirmation_reference(svc: Services, ref: ModelRef) -> str:
+    """What the approver must type at the deletion gate (the run id where a delete takes a whole run)."""
+    custom = getattr(svc.platform.registry, "confirmation_reference", None)
+    return str(custom(ref)) if callable(custom) else str(ref)
+
+
+def make_plan(svc: Services, state: RetirementState, dossier: Dossier) -> list[PlanStep]:
+    """Every action the retirement will take, in order, with its gate and timing."""
+    request = state.request
+    caps = svc.platform.registry.capabilities
+    new = request.replacement
+    manual = uses_manual_serving(svc, request)
+    steps = [PlanStep(phase=Phase.DOCUMENT, action="Dossier and plan (this)", gate=GATE_PLAN, when="now")]
+    if new:
+        how = "a person deploys it (checklist)" if manual else f"{svc.platform.name} staging target"
+        steps.append(PlanStep(phase=Phase.STAGING, action=f"Deploy {new} to staging ({how}) and smoke-test it"))
+        steps.append(
+            PlanStep(
+                phase=Phase.CUTOVER,
+                action=f"Switch production to {new}; bake {request.bake_minutes:g} min "
+                f"(error rate <= {request.max_error_rate:g}, p95 <= {request.max_p95_latency_ms:g} ms); "
+                "breach rolls back automatically",
+                destructive=True,
+                gate=GATE_CUTOVER,
+                when=f"in the window {request.cutover_window} {request.timezone}"
+                if request.cutover_window
+                else "on approval",
+            )
+        )
+    steps.append(
+        PlanStep(
+            phase=Phase.TRAFFIC_WINDOW,
+            action=f"Wait {request.traffic_window_hours:g} h with no process held",
+            when="after the cutover",
+        )
+    )
+    sources = ", ".join(s.name for s in svc.traffic) or "NONE CONFIGURED"
+    steps.append(
+        PlanStep(
+            phase=Phase.VERIFY_IDLE,
+            action=f"Zero requests to {state.ref} over the whole window with full coverage ({sources}); "
+            "dependents re-scanned",
+        )
+    )
+    lost = f"; NOT captured: {', '.join(caps.not_exportable)}" if caps.not_exportable else ""
+    steps.append(
+        PlanStep(
+            phase=Phase.BACKUP,
+            action=f"Back up {', '.join(caps.exports) or 'metadata'}{lost}; verify by re-reading; "
+            f"keep {request.backup_retention_days} days",
+        )
+    )
+    if request.soft_delete and caps.soft_delete:
+        steps.append(
+            PlanStep(
+                phase=Phase.DELETE,
+                action=f"{caps.soft_delete.capitalize()} first, then wait {request.pending_delete_hours:g} h "
+                "(cancellable; any request cancels the delete)",
+                destructive=True,
+                gate=GATE_DELETION,
+            )
+        )
+    cascade = f" (also removes: {', '.join(caps.cascade)})" if caps.cascade else ""
+    steps.append(
+        PlanStep(
+            phase=Phase.DELETE,
+            action=f"Delete {state.ref} ({caps.delete_unit}){cascade}; verify it is gone; changelog",
+            destructive=True,
+            gate=GATE_DELETION,
+            when="after the backup verifies again",
+        )
+    )
+    if request.monitor_days:
+        steps.append(
+            PlanStep(
+                phase=Phase.MONITOR,
+                action=f"Check errors and requests naming {state.ref} every {request.monitor_interval_hours:g} h "
+                f"for {request.monitor_days} days; final report",
+            )
+        )
+    return steps
+
+
+# --- phase 2 and 3: staging, cutover, bake, rollback --------------------------------------------------
+
+
+def stage(svc: Services, state: RetirementState) -> str:
+    """Phase 2: deploy the replacement to staging and smoke-test it. Returns what was done, in words."""
+    replacement = state.request.replacement_ref
+    if replacement is None:
+        return "nothing replaces this model: no staging"
+    if uses_manual_serving(svc, state.request):
+        return f"manual serving: a person deploys {replacement} to staging (checklist gate)"
+    serving = svc.platform.serving
+    assert serving is not None
+    serving.deploy_staging(replacement)
+    smoke = serving.smoke_test(replacement)
+    record(svc, state, "outcome", "staging", detail=smoke.model_dump(mode="json"))
+    if not smoke.ok:
+        raise SafetyError(f"smoke test of {replacement} in staging failed: {smoke.detail}")
+    return f"{replacement} staged; smoke test {smoke.requests - smoke.errors}/{smoke.requests} ok"
+
+
+def next_cutover_time(request: RetirementRequest, now: datetime) -> datetime:
+    """The start of the next low-traffic window (``now`` if there is none or we are inside it)."""
+    if not request.cutover_window:
+        return now
+    tz = zoneinfo.ZoneInfo(request.timezone)
+    start_s, end_s = request.cutover_window.split("-")
+    local = now.astimezone(tz)
+    start_t = datetime.strptime(start_s, "%H:%M").time()
+    end_t = datetime.strptime(end_s, "%H:%M").time()
+    t = local.time()
+    inside = start_t <= t < end_t if start_t < end_t else (t >= start_t or t < end_t)
+    if inside:
+        return now
+    candidate = local.replace(hour=start_t.hour, minute=start_t.minute, second=0, microsecond=0)
+    if candidate <= local:
+        candidate += timedelta(days=1)
+    return candidate.astimezone(now.tzinfo)
+
+
+def _intent_without_outcome(svc: Services, state: RetirementState, action: str) -> dict[str, Any] | None:
+    intent = svc.ledger.find(state.id, action, kind="intent")
+    if intent is None:
+        return None
+    outcome = svc.ledger.find(state.id, action, kind="outcome")
+    if outcome is not None and outcome.seq > intent.seq:
+        return None
+    return intent.detail
+
+
+def cutover(svc: Services, state: RetirementState, now: datetime) -> str:
+    """Phase 3: switch production to the replacement (idempotent; records the rollback target first)."""
+    replacement = state.request.replacement_ref
+    if replacement is None or state.cutover_at is not None:
+        return "no cutover needed" if replacement is None else "cutover already done"
+    if uses_manual_serving(svc, state.request):
+        state.cutover_at = now
+        svc.states.save(state)
+        record(svc, state, "outcome", "cutover", detail={"to": str(replacement), "how": "manual, confirmed at gate"})
+        return f"production switched to {replacement} by hand"
+    serving = svc.platform.serving
+    assert serving is not None
+    interrupted = _intent_without_outcome(svc, state, "cutover")
+    if interrupted is not None:
+        before = ModelRef.model_validate(interrupted["from"]) if interrupted.get("from") else None
+    else:
+        before = serving.production(state.ref.model)
+        if before != state.ref:
+            state.cutover_at = now
+            svc.states.save(state)
+            record(svc, state, "outcome", "cutover", detail={"skipped": f"production is {before}, not {state.ref}"})
+            return f"{state.ref} does not serve production ({before}): nothing to switch"
+        state.previous_production = before
+        svc.states.save(state)
+        record(
+            svc,
+            state,
+            "intent",
+            "cutover",
+            detail={"from": before.model_dump(mode="json") if before else None, "to": str(replacement)},
+        )
+    state.previous_production = before
+    serving.switch(replacement)
+    current = serving.production(state.ref.model)
+    if current != replacement:
+        raise SafetyError(f"production answers {current} after switching to {replacement}")
+    state.cutover_at = utcnow()
+    svc.states.save(state)
+    record(svc, state, "outcome", "cutover", detail={"from": str(before), "to": str(replacement)})
+    return f"production switched from {before} to {replacement}"
+
+
+def bake_sample(svc: Services, state: RetirementState, start: datetime, end: datetime) -> str | None:
+    """One bake sample of the replacement; returns the breach in words, or None."""
+    replacement = state.request.replacement_ref
+    assert replacement is not None
+    report = observe(svc.traffic, replacement, start, end)
+    requests = sum(s.requests or 0 for s in report.samples)
+    errors = sum(s.errors or 0 for s in report.samples)
+    p95s = [s.p95_latency_ms for s in report.samples if s.p95_latency_ms is not None]
+    p95 = max(p95s) if p95s else None
+    rate = errors / requests if requests else 0.0
+    state.bake.append(
+        {
+            "at": end.isoformat(),
+            "requests": requests,
+            "errors": errors,
+            "error_rate": rate,
+            "p95_ms": p95,
+            "verdict": report.verdict.value,
+        }
+    )
+    svc.states.save(state)
+    request = state.request
+    if requests and rate > request.max_error_rate:
+        return f"error rate {rate:.2%} of {replacement} over {requests} requests exceeds {request.max_error_rate:.2%}"
+    if p95 is not None and p95 > request.max_p95_latency_ms:
+        return f"p95 latency {p95:.0f} ms of {replacement} exceeds {request.max_p95_latency_ms:.0f} ms"
+    return None
+
+
+def bake(
+    svc: Services,
+    state: RetirementState,
+    *,
+    clock: Clock = utcnow,
+    sleep: Callable[[float], None] = time.sleep,
+    samples: int = 5,
+) -> str:
+    """Watch the replacement for ``bake_minutes``; a breach rolls back to the old model and halts.
+
+    Raises:
+        SafetyError: a threshold was breached (after the rollback completed).
+    """
+    if state.request.replacement_ref is None or state.request.bake_minutes == 0 or not svc.traffic:
+        return "no bake (nothing to observe)" if not svc.traffic else "no bake"
+    assert state.cutover_at is not None
+    total = state.request.bake_minutes * 60
+    start = state.cutover_at
+    for i in range(1, samples + 1):
+        due = start + timedelta(seconds=total * i / samples)
+        wait = (due - clock()).total_seconds()
+        if wait > 0:
+            sleep(wait)
+        breach = bake_sample(svc, state, start, min(clock(), due))
+        if breach:
+            rollback(svc, state, breach)
+            raise SafetyError(f"bake breach, rolled back to {state.previous_production}: {breach}")
+    return f"bake passed: {len(state.bake)} samples within thresholds"
+
+
+def rollback(svc: Services, state: RetirementState, reason: str) -> None:
+    """Put production back on the old model (idempotent; completes an interrupted rollback)."""
+    target = state.previous_production
+    serving = svc.platform.serving
+    if target is None or serving is None or uses_manual_serving(svc, state.request):
+        record(svc, state, "notice", "rollback-manual", detail={"reason": reason})
+        return
+    if _intent_without_outcome(svc, state, "rollback") is None:
+        record(svc, state, "intent", "rollback", detail={"to": str(target), "reason": reason})
+    serving.switch(target)
+    current = serving.production(target.model)
+    if current != target:
+        raise SafetyError(f"rollback to {target} did not take: production answers {current}")
+    state.rolled_back = True
+    svc.states.save(state)
+    record(svc, state, "outcome", "rollback", detail={"to": str(target), "reason": reason})
+    announce(svc, state, NotificationStatus.ALERT, f"Rolled back production to {target}: {reason}")
+
+
+def complete_interrupted_rollback(svc: Services, state: RetirementState) -> bool:
+    """If a rollback was started and not finished (a crash), finish it. Returns True if it did."""
+    detail = _intent_without_outcome(svc, state, "rollback")
+    if detail is None:
+        return False
+    rollback(svc, state, str(detail.get("reason", "interrupted rollback")))
+    return True
+
+
+# --- phases 4 and 5: traffic window, verify idle ------------------------------------------------------
+
+
+def open_window(svc: Services, state: RetirementState, now: datetime) -> datetime:
+    """Start the traffic window at the cutover (or now); returns when it ends."""
+    if state.window_start is None:
+        state.window_start = state.cutover_at or now
+        state.window_end = state.window_start + timedelta(hours=state.request.traffic_window_hours)
+        svc.states.save(state)
+        record(
+            svc,
+            state,
+            "outcome",
+            "window-open",
+            detail={"start": state.window_start.isoformat(), "end": state.window_end.isoformat()},
+        )
+    assert state.window_end is not None
+    return state.window_end
+
+
+def verify_idle(svc: Services, state: RetirementState, now: datetime) -> TrafficReport:
+    """Phase 5: zero requests over the WHOLE window from every source, and no dependent left.
+
+    Raises:
+        SafetyError: the verdict is not IDLE, or something still depends on the model.
+    """
+    if state.window_start is None or state.window_end is None:
+        raise SafetyError("verify-idle ran before the traffic window was opened")
+    if now < state.window_end:
+        raise SafetyError(f"the traffic window ends at {state.window_end.isoformat()}; it is {now.isoformat()}")
+    report = observe(svc.traffic, state.ref, state.window_start, state.window_end)
+    state.traffic.append(report)
+    svc.states.save(state)
+    record(
+        svc,
+        state,
+        "outcome",
+        "verify-idle",
+        detail={
+            "verdict": report.verdict.value,
+            "reason": report.reason,
+            "requests": sum(s.requests or 0 for s in report.samples),
+        },
+    )
+    if report.verdict is not TrafficVerdict.IDLE:
+        raise SafetyError(f"traffic verdict over the window is {report.verdict.value}: {report.reason}")
+    standing = [b for b in svc.platform.registry.deletion_blockers(state.ref)]
+    if standing:
+        raise SafetyError("still depended on: " + "; ".join(b.message for b in standing))
+    return report
+
+
+# --- phase 6: backup ------------------------------------------------------------------------------
+
+
+def manifest_digest(manifest_json: str) -> str:
+    """SHA-256 of a manifest's canonical JSON."""
+    return hashlib.sha256(manifest_json.encode()).hexdigest()
+
+
+def backup(
+    svc: Services,
+    state: RetirementState,
+    now: datetime,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> str:
+    """Phase 6: export everything the platform lets out, verify it by re-reading. Returns the location."""
+    if state.backup_location:
+        report = svc.backups.verify(state.backup_location)
+        if report.ok:
+            return state.backup_location
+        record(svc, state, "notice", "backup-stale", detail={"mismatches": report.mismatches})
+    registry = svc.platform.registry
+    caps = registry.capabilities
+    record(svc, state, "intent", "backup", detail={"exports": caps.exports, "not_exportable": caps.not_exportable})
+    items = registry.export(state.ref)
+    dossier = state.dossier.model_dump(mode="json") if state.dossier else None
+    manifest = svc.backups.write(
+        state.ref,
+        items,
+        retain_until=now + timedelta(days=state.request.backup_retention_days),
+        dossier=dossier,
+        captures=caps.exports,
+        not_captured=caps.not_exportable,
+        platform_metadata=state.dossier.metadata if state.dossier else None,
+        progress=progress,
+    )
+    report = svc.backups.verify(manifest.location)
+    if not report.ok:
+        raise BackupVerifyError(manifest.location, report.mismatches)
+    state.backup_location = manifest.location
+    state.backup_manifest_sha256 = manifest_digest(manifest.model_dump_json())
+    svc.states.save(state)
+    record(
+        svc,
+        state,
+        "outcome",
+        "backup",
+        detail={
+            "location": manifest.location,
+            "files": len(manifest.files),
+            "bytes": manifest.total_bytes,
+            "manifest_sha256": state.backup_manifest_sha256,
+            "verified_bytes": report.bytes_checked,
+        },
+    )
+    return manifest.location
+
+
+# --- gates ----------------------------------------------------------------------------------------
+
+
+def check_answer(
+    state: RetirementState,
+    gate: str,
+    *,
+    decision: str,
+    approver: str,
+    comment: str = "",
+    typed_reference: str | None = None,
+    expected_reference: str | None = None,
+) -> Approval:
+    """Validate a gate answer (again, whatever the form enforced) and record it on the state.
+
+    Raises:
+        ApprovalError: the approver is not allowed, is the requester at the deletion gate, or the
+            typed reference does not match exactly.
+    """
+    request = state.request
+    if approver not in request.approvers:
+        raise ApprovalError(f"{approver!r} is not an approver of this retirement (allowed: {request.approvers})")
+    if gate == GATE_DELETION and decision == "approve":
+        if approver == request.requester:
+            raise ApprovalError(f"the deletion must be approved by someone other than the requester {approver!r}")
+        if typed_reference != expected_reference:
+            raise ApprovalError(
+                f"typed reference {typed_reference!r} does not match {expected_reference!r} exactly; nothing deleted"
+            )
+    approval = Approval(
+        gate=gate, decision="approve" if decision == "approve" else "reject", approver=approver, comment=comment
+    )
+    state.approvals.append(approval)
+    state.pending_gate = None
+    state.gate_deadline = None
+    return approval
+
+
+def require_approval(state: RetirementState, gate: str) -> Approval:
+    """The approval of ``gate`` that a destructive step needs (invariant 1).
+
+    Raises:
+        ApprovalError: no approval, a rejection, or (deletion) an approver equal to the requester.
+    """
+    approval = state.approval(gate)
+    if approval is None:
+        raise ApprovalError(f"gate {gate} has no recorded decision")
+    if approval.decision != "approve":
+        raise ApprovalError(f"gate {gate} was rejected by {approval.approver}")
+    if approval.approver not in state.request.approvers:
+        raise ApprovalError(f"gate {gate} was answered by {approval.approver!r}, who is not an approver")
+    if gate == GATE_DELETION and approval.approver == state.request.requester:
+        raise ApprovalError("the deletion gate was approved by the requester")
+    return approval
+
+
+# --- phase 7: delete ------------------------------------------------------------------------------
+
+
+def deletion_checks(svc: Services, state: RetirementState, now: datetime) -> list[str]:
+    """Every safety invariant a delete needs, checked now; returns the failures (empty = may delete)."""
+    failures: list[str] = []
+    try:
+        require_approval(state, GATE_DELETION)
+    except ApprovalError as exc:
+        failures.append(str(exc))
+    if not state.backup_location:
+        failures.append("no backup was taken")
+    else:
+        verified = svc.backups.verify(state.backup_location)
+        if not verified.ok:
+            failures.append("backup does not verify: " + "; ".join(verified.mismatches))
+        manifests = [m for m in svc.backups.list(state.ref) if m.location == state.backup_location]
+        if not manifests or manifests[0].source != state.ref:
+            failures.append(f"the backup at {state.backup_location} is not a backup of {state.ref}")
+    if state.window_start is None:
+        failures.append("the traffic window never opened")
+    else:
+        # From the start of the window up to now: the window, the pending delete, and the gap since.
+        report = observe(svc.traffic, state.ref, state.window_start, now)
+        state.traffic.append(report)
+        if report.verdict is not TrafficVerdict.IDLE:
+            failures.append(
+                f"traffic since {state.window_start.isoformat()} is {report.verdict.value}: {report.reason}"
+            )
+    blockers = svc.platform.registry.deletion_blockers(state.ref)
+    failures.extend(f"blocked: {b.message}" for b in blockers)
+    svc.states.save(state)
+    return failures
+
+
+def soft_delete(svc: Services, state: RetirementState, now: datetime) -> str:
+    """The reversible step before the delete, where the platform has one."""
+    caps = svc.platform.registry.capabilities
+    if not state.request.soft_delete or caps.soft_delete is None:
+        return "no soft step"
+    if state.soft_deleted_at is not None:
+        return "soft step already taken"
+    require_approval(state, GATE_DELETION)
+    record(svc, state, "intent", "soft-delete", detail={"how": caps.soft_delete})
+    svc.platform.registry.set_active(state.ref, False)
+    state.soft_deleted_at = now
+    svc.states.save(state)
+    record(svc, state, "outcome", "soft-delete", detail={"how": caps.soft_delete})
+    return f"{caps.soft_delete}d {state.ref}; delete pending {state.request.pending_delete_hours:g} h"
+
+
+def undo_soft_delete(svc: Services, state: RetirementState) -> None:
+    """Undo the soft step (a cancelled pending delete or a tripwire)."""
+    if state.soft_deleted_at is None or state.receipt is not None:
+        return
+    record(svc, state, "intent", "reactivate")
+    svc.platform.registry.set_active(state.ref, True)
+    state.soft_deleted_at = None
+    svc.states.save(state)
+    record(svc, state, "outcome", "reactivate")
+
+
+def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionReceipt:
+    """Phase 7: delete the old model once every invariant holds; verify it is gone.
+
+    Raises:
+        SafetyError: a check failed; nothing was deleted.
+    """
+    if state.receipt is not None:
+        return state.receipt
+    registry = svc.platform.registry
+    interrupted = _intent_without_outcome(svc, state, "delete") is not None
+    if interrupted and not registry.exists(state.ref):
+        receipt = DeletionReceipt(
+            reference=state.ref, verified_gone=True, removed=[f"{state.ref} (delete completed before an interruption)"]
+        )
+    else:
+        failures = deletion_checks(svc, state, now)
+        if failures:
+            record(svc, state, "decision", "delete-refused", detail={"failures": failures})
+            if state.soft_deleted_at is not None:
+                undo_soft_delete(svc, state)
+            raise SafetyError("delete refused: " + " | ".join(failures))
+        if not interrupted:
+            record(svc, state, "intent", "delete", detail={"backup": state.backup_location})
+        try:
+            receipt = registry.delete(state.ref)
+        except NotFoundError:
+            receipt = DeletionReceipt(reference=state.ref, verified_gone=not registry.exists(state.ref))
+        except DeletionBlockedError as exc:
+            record(svc, state, "outcome", "delete", detail={"refused_by_platform": exc.blockers})
+            raise SafetyError(f"the platform refused the delete: {exc}") from exc
+    receipt.backup_location = state.backup_location
+    if registry.exists(state.ref):
+        raise SafetyError(f"{state.ref} still exists after the delete")
+    receipt.verified_gone = True
+    state.receipt = receipt
+    svc.states.save(state)
+    record(svc, state, "outcome", "delete", detail=receipt.model_dump(mode="json"))
+    record(
+        svc,
+        state,
+        "notice",
+        "changelog",
+        actor=state.request.requester,
+        detail={
+            "deleted": str(state.ref),
+            "reason": state.request.reason,
+            "backup": state.backup_location,
+            "retain_days": state.request.backup_retention_days,
+        },
+    )
+    return receipt
+
+
+# --- phase 8: monitor -----------------------------------------------------------------------------
+
+
+def monitor_checks_total(request: RetirementRequest) -> int:
+    """How many checks the monitoring week makes."""
+    return math.ceil(request.monitor_days * 24 / request.monitor_interval_hours) if request.monitor_days else 0
+
+
+def monitor_check(svc: Services, state: RetirementState, now: datetime) -> list[str]:
+    """Phase 8: one check of requests still naming the old model and of the replacement's errors."""
+    assert state.receipt is not None
+    last = state.monitor_checks[-1]["at"] if state.monitor_checks else state.receipt.deleted_at.isoformat()
+    start = datetime.fromisoformat(str(last))
+    alerts: list[str] = []
+    old = observe(svc.traffic, state.ref, start, now)
+    stale = sum(s.requests or 0 for s in old.samples)
+    if stale:
+        restore = f"`retire backup restore {state.backup_location}`" if state.backup_location else "no backup"
+        alerts.append(f"{stale} requests still name {state.ref} (answered 404/410); remedy: {restore}")
+    new = state.request.replacement_ref
+    if new is not None:
+        rep = observe(svc.traffic, new, start, now)
+        requests = sum(s.requests or 0 for s in rep.samples)
+        errors = sum(s.errors or 0 for s in rep.samples)
+        if requests and errors / requests > state.request.max_error_rate:
+            alerts.append(f"{new} error rate {errors / requests:.2%} over {requests} requests")
+    state.monitor_checks.append({"at": now.isoformat(), "stale_requests": stale, "alerts": alerts})
+    svc.states.save(state)
+    record(svc, state, "outcome", "monitor-check", detail={"check": len(state.monitor_checks), "alerts": alerts})
+    if alerts:
+        announce(svc, state, NotificationStatus.ALERT, "Monitoring: " + "; ".join(alerts))
+    return alerts
+
+
+def final_report(svc: Services, state: RetirementState) -> str:
+    """The closing report (markdown): timeline, approvals, backup, receipt, ledger hash."""
+    count, last_hash = svc.ledger.verify()
+    lines = [f"# Retirement of {state.ref} on {state.ref.platform}", "", f"Reason: {state.request.reason}", ""]
+    lines += ["## Timeline", "", "| phase | started | ended | outcome |", "|---|---|---|---|"]
+    for rec in state.history:
+        ended = rec.ended_at.isoformat(timespec="seconds") if rec.ended_at else ""
+        lines.append(
+            f"| {rec.phase.value} | {rec.started_at.isoformat(timespec='seconds')} | {ended} | {rec.outcome} |"
+        )
+    lines += ["", "## Approvals", ""]
+    lines += [
+        f"- {a.gate}: **{a.decision}** by {a.approver} at {a.at.isoformat(timespec='seconds')}"
+        + (f" ({a.comment})" if a.comment else "")
+        for a in state.approvals
+    ]
+    lines += [
+        "",
+        "## Backup",
+        "",
+        f"- location: `{state.backup_location}`",
+        f"- manifest sha256: `{state.backup_manifest_sha256}`",
+        f"- kept {state.request.backup_retention_days} days",
+    ]
+    if state.receipt:
+        lines += [
+            "",
+            "## Deletion receipt",
+            "",
+            f"- deleted at {state.receipt.deleted_at.isoformat()}",
+            f"- verified gone: {state.receipt.verified_gone}",
+        ]
+        lines += [f"- removed: {item}" for item in state.receipt.removed[:20]]
+    alerts = 0
+    for check in state.monitor_checks:
+        found = check.get("alerts")
+        alerts += len(found) if isinstance(found, list) else 0
+    lines += ["", "## Monitoring", "", f"- {len(state.monitor_checks)} checks, {alerts} alerts"]
+    lines += ["", "## Ledger", "", f"- {count} entries, chain verified; last hash `{last_hash}`"]
+    return "\n".join(lines)
