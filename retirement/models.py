@@ -192,7 +192,7 @@ class RetirementRequest(BaseModel):
     pending_delete_hours: float = Field(
         default=24.0, ge=0, description="Pending window between the soft step and the delete (hours)."
     )
-    monitor_days: int = Field(default=7, ge=0, le=90, description="Days of daily checks after the delete.")
+    monitor_days: float = Field(default=7, ge=0, le=90, description="Days of checks after the delete (7 = a week).")
     monitor_interval_hours: float = Field(
         default=24.0, gt=0, description="Time between two monitoring checks (hours; one a day by default)."
     )
