@@ -187,7 +187,7 @@ def test_no_traffic_source_is_nodata_never_idle(world: World) -> None:
     state = protocol.open_retirement(svc, _request(), None)
     protocol.open_window(svc, state, utcnow())
     assert state.window_end is not None
-    with pytest.raises(SafetyError, match="NODATA.*no traffic source"):
+    with pytest.raises(SafetyError, match=r"NODATA.*no traffic source"):
         protocol.verify_idle(svc, state, state.window_end)
 
 
@@ -334,7 +334,7 @@ def test_halted_retirement_frees_the_model(world: World) -> None:
 
 def test_traffic_window_below_server_minimum_is_refused_before_anything(world: World) -> None:
     world.services.settings.min_traffic_window_hours = 24
-    with pytest.raises(InputError, match="traffic_window_hours.*RETIRE_MIN_TRAFFIC_WINDOW_HOURS"):
+    with pytest.raises(InputError, match=r"traffic_window_hours.*RETIRE_MIN_TRAFFIC_WINDOW_HOURS"):
         protocol.open_retirement(world.services, _request(traffic_window_hours=2), None)
     assert world.services.states.all() == []
     assert list(world.services.ledger.entries()) == []
@@ -342,7 +342,7 @@ def test_traffic_window_below_server_minimum_is_refused_before_anything(world: W
 
 def test_missing_replacement_is_refused_at_document(world: World) -> None:
     state = protocol.open_retirement(world.services, _request(replacement="churn-model@9"), None)
-    with pytest.raises(InputError, match="replacement.*does not exist"):
+    with pytest.raises(InputError, match=r"replacement.*does not exist"):
         protocol.document(world.services, state)
 
 

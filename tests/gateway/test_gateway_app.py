@@ -1,4 +1,4 @@
-"""The gateway served by uvicorn in a thread: predict routing, 410/404, request log, /metrics, file downloads with Range."""
+"""The gateway served by uvicorn in a thread: routing, 410/404, request log, /metrics, Range downloads."""
 
 from __future__ import annotations
 
