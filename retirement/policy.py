@@ -252,31 +252,33 @@ class Policy(BaseModel):
 
         # Pass 1 decides every version that does not reach a traffic question; the rest wait for
         # one batched lookup per source, then resume at that rule.
-        decisions: list[Decision | None] = []
-        waiting: dict[str, list[int]] = defaultdict(list)
-        resume_at: dict[int, int] = {}
+        decisions: list[Decision | None] = [None] * len(entries)
+        waiting: dict[int, int] = {}  # entry index -> index of the rule waiting for traffic
         for index, entry in enumerate(entries):
             fact = facts[(entry.reference.platform, entry.reference.name)]
-            decision, stopped = _decide(rules, 0, entry, fact, now, None)
-            decisions.append(decision)
-            if decision is None:
-                rule = rules[stopped]
+            decisions[index], stopped = _decide(rules, 0, entry, fact, now, None)
+            if decisions[index] is None:
+                waiting[index] = stopped
+        # Each round asks every (source, window) once for all the versions waiting on it; a version
+        # that reaches a later traffic rule waits for the next round.
+        while waiting:
+            groups: dict[int, list[int]] = defaultdict(list)
+            for index, rule_index in waiting.items():
+                groups[rule_index].append(index)
+            waiting = {}
+            for rule_index, group in groups.items():
+                rule = rules[rule_index]
                 assert isinstance(rule, ProtectInUse) and rule.traffic_source
-                waiting[rule.traffic_source].append(index)
-                resume_at[index] = stopped
-        for source, indexes in waiting.items():
-            by_window: dict[int, list[int]] = defaultdict(list)
-            for index in indexes:
-                rule = rules[resume_at[index]]
-                assert isinstance(rule, ProtectInUse)
-                by_window[rule.recent_days].append(index)
-            for days, group in by_window.items():
                 refs = [entries[i].reference for i in group]
-                seen = (traffic or {})[source].requests(refs, now - timedelta(days=days), now)
+                seen = (traffic or {})[rule.traffic_source].requests(refs, now - timedelta(days=rule.recent_days), now)
                 for index in group:
-                    fact = facts[(entries[index].reference.platform, entries[index].reference.name)]
-                    count = seen.get(entries[index].reference)
-                    decisions[index], _ = _decide(rules, resume_at[index], entries[index], fact, now, (source, count))
+                    entry = entries[index]
+                    fact = facts[(entry.reference.platform, entry.reference.name)]
+                    count = seen.get(entry.reference)
+                    decision, stopped = _decide(rules, rule_index, entry, fact, now, (rule.traffic_source, count))
+                    decisions[index] = decision
+                    if decision is None:
+                        waiting[index] = stopped
         return [d for d in decisions if d is not None]
 
 

@@ -16,6 +16,7 @@ from retirement.policy import (
     Policy,
     PolicyError,
     ProtectInUse,
+    SupersededProduction,
     load_policy,
     load_policy_text,
 )
@@ -177,6 +178,30 @@ def test_traffic_is_looked_up_once_for_all_versions_and_unknown_traffic_protects
     for unknown in ("churn@11", "churn@13", "fraud@1"):
         assert decisions[unknown].outcome == "protected", unknown
         assert "missing data is never zero" in decisions[unknown].reason
+
+
+def test_two_traffic_rules_decide_every_version_and_the_second_source_sees_only_what_the_first_let_through() -> None:
+    policy = Policy(
+        rules=[
+            ProtectInUse(priority=1, recent_days=7, traffic_source="gateway"),
+            ProtectInUse(priority=2, recent_days=30, traffic_source="prometheus"),
+            SupersededProduction(priority=3),
+        ]
+    )
+    gateway = FakeTraffic({"churn@2": 0, "fraud@1": 0, "churn@4": 3})
+    prometheus = FakeTraffic({"churn@2": 0, "fraud@1": 9})
+    entries = [e for e in seeded_entries() if str(e.reference) in ("churn@2", "churn@4", "fraud@1", "churn@11")]
+
+    decisions = policy.evaluate(entries, now=NOW, traffic={"gateway": gateway, "prometheus": prometheus})
+
+    assert outcomes(decisions) == {
+        "churn@2": ("candidate", "#3 superseded_production"),
+        "churn@4": ("protected", "#1 protect_in_use"),
+        "fraud@1": ("protected", "#2 protect_in_use"),
+        "churn@11": ("protected", "#1 protect_in_use"),  # the gateway could not tell
+    }
+    assert [sorted(c[0]) for c in gateway.calls] == [["churn@11", "churn@2", "churn@4", "fraud@1"]]
+    assert [sorted(c[0]) for c in prometheus.calls] == [["churn@2", "fraud@1"]]
 
 
 def test_a_traffic_source_the_review_was_not_given_is_refused() -> None:
