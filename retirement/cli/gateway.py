@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 from retirement.errors import InputError
@@ -55,6 +56,7 @@ def _traffic(args: argparse.Namespace) -> int:
 
     if not 0 < args.duration <= 7 * 24 * 3600:
         raise InputError("--duration", f"{args.duration} is out of range", "seconds, more than 0, at most a week")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the summary
     url = args.url or RetireSettings().gateway_url
     generator = TrafficGenerator(url, args.target, args.rate).start()
     started = time.monotonic()
