@@ -50,7 +50,7 @@ def staging_leg(request: RetirementRequest, rid: str) -> Next:
 
 def cutover_leg(request: RetirementRequest, rid: str) -> Next:
     """3. Production switched, inference verified, bake watched (a breach rolls back)."""
-    if request.replacement and request.serving == "manual":
+    if request.replacement and cutover.manual_serving(request):
         ask(
             request,
             rid,
@@ -120,7 +120,14 @@ def retire_model(
     retirement_id: str | None = None,
     expire_gate: str | None = None,
 ) -> State | str:
-    """Retire one model safely: document, staging, cutover, traffic window, verify idle, backup, delete, monitor."""
+    """Retire one model safely: document, staging, cutover, traffic window, verify idle, backup, delete, monitor.
+
+    Args:
+        request: What to retire, what replaces it, who asks and approves, and the windows.
+        phase: The phase this run starts at; later phases are scheduled by the retirement itself.
+        retirement_id: The retirement this run continues (empty to open a new one).
+        expire_gate: Set by the retirement itself: fail this gate safe if still unanswered.
+    """
     rid = lifecycle.open_retirement(request, retirement_id, phase)
     if expire_gate:
         return expire_gate_task(request, rid, expire_gate)

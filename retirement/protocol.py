@@ -180,34 +180,40 @@ def halt(svc: Services, state: RetirementState, reason: str, *, ui_url: str | No
 # --- phase 1: document ----------------------------------------------------------------------------
 
 
-def document(svc: Services, state: RetirementState) -> Dossier:
-    """Phase 1: the dossier of the old model and the plan of every action to come."""
-    if state.dossier is not None:
-        return state.dossier
-    request, registry = state.request, svc.platform.registry
-    dossier = registry.describe(state.ref)
+def build_dossier(svc: Services, request: RetirementRequest) -> Dossier:
+    """The dossier and plan for ``request``, with no side effect (what `retire plan` prints)."""
+    registry, ref = svc.platform.registry, request.ref
+    dossier = registry.describe(ref)
     replacement = request.replacement_ref
     if replacement is not None and not registry.exists(replacement):
         raise InputError(
             "replacement", f"{replacement} does not exist on {replacement.platform}", "an existing version"
         )
-    dossier.dependents = registry.dependents(state.ref)
-    dossier.blockers = registry.deletion_blockers(state.ref)
+    dossier.dependents = registry.dependents(ref)
+    dossier.blockers = registry.deletion_blockers(ref)
     dossier.capabilities = registry.capabilities
     serving = svc.platform.serving
     if serving is not None and request.serving != "manual":
-        current = serving.production(state.ref.model)
+        current = serving.production(ref.model)
         if current is not None:
             dossier.deployed_at.append(f"production ({serving.name}): {current}")
     if not svc.traffic:
         dossier.known_issues.append(
-            f"No traffic source observes {state.ref.platform}: the retirement will stop at verify-idle "
+            f"No traffic source observes {ref.platform}: the retirement will stop at verify-idle "
             "unless `traffic_sources` names one."
         )
     for blocker in dossier.blockers:
         if not blocker.cleared_by_protocol:
             dossier.known_issues.append(f"Deletion blocked until resolved: {blocker.message} {blocker.remedy}".strip())
-    dossier.plan = make_plan(svc, state, dossier)
+    dossier.plan = make_plan(svc, request)
+    return dossier
+
+
+def document(svc: Services, state: RetirementState) -> Dossier:
+    """Phase 1: the dossier of the old model and the plan of every action to come (kept for later phases)."""
+    if state.dossier is not None:
+        return state.dossier
+    dossier = build_dossier(svc, state.request)
     state.dossier = dossier
     svc.states.save(state)
     record(
@@ -231,9 +237,9 @@ def confirmation_reference(svc: Services, ref: ModelRef) -> str:
     return str(custom(ref)) if callable(custom) else str(ref)
 
 
-def make_plan(svc: Services, state: RetirementState, dossier: Dossier) -> list[PlanStep]:
+def make_plan(svc: Services, request: RetirementRequest) -> list[PlanStep]:
     """Every action the retirement will take, in order, with its gate and timing."""
-    request = state.request
+    ref = request.ref
     caps = svc.platform.registry.capabilities
     new = request.replacement
     manual = uses_manual_serving(svc, request)
@@ -265,7 +271,7 @@ def make_plan(svc: Services, state: RetirementState, dossier: Dossier) -> list[P
     steps.append(
         PlanStep(
             phase=Phase.VERIFY_IDLE,
-            action=f"Zero requests to {state.ref} over the whole window with full coverage ({sources}); "
+            action=f"Zero requests to {ref} over the whole window with full coverage ({sources}); "
             "dependents re-scanned",
         )
     )
@@ -291,7 +297,7 @@ def make_plan(svc: Services, state: RetirementState, dossier: Dossier) -> list[P
     steps.append(
         PlanStep(
             phase=Phase.DELETE,
-            action=f"Delete {state.ref} ({caps.delete_unit}){cascade}; verify it is gone; changelog",
+            action=f"Delete {ref} ({caps.delete_unit}){cascade}; verify it is gone; changelog",
             destructive=True,
             gate=GATE_DELETION,
             when="after the backup verifies again",
@@ -301,7 +307,7 @@ def make_plan(svc: Services, state: RetirementState, dossier: Dossier) -> list[P
         steps.append(
             PlanStep(
                 phase=Phase.MONITOR,
-                action=f"Check errors and requests naming {state.ref} every {request.monitor_interval_hours:g} h "
+                action=f"Check errors and requests naming {ref} every {request.monitor_interval_hours:g} h "
                 f"for {request.monitor_days} days; final report",
             )
         )

@@ -10,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from retirement import protocol
 from retirement.models import RetirementRequest, utcnow
-from tasks._context import load
+from tasks._context import load, services_for
+
+
+@task(cache_policy=NO_CACHE, name="manual-serving")
+def manual_serving(request: RetirementRequest) -> bool:
+    """True when a person switches production (the platform has no API for it, or the request says so)."""
+    return protocol.uses_manual_serving(services_for(request), request)
 
 
 @task(cache_policy=NO_CACHE, name="cutover-time")
