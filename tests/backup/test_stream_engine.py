@@ -177,3 +177,13 @@ def test_export_item_opens_a_fresh_download_each_time(client: httpx.Client, serv
     assert first == second == DATA
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(DATA).hexdigest()
     assert len(server.requests) == 2
+
+
+def test_by_default_chunks_pass_through_as_received_and_resume_at_the_exact_byte(
+    client: httpx.Client, server: FileServer
+) -> None:
+    server.drop_after = [3072]
+    received = list(iter_download(client, "/files/model.bin", platform="test"))
+    assert b"".join(received) == DATA
+    assert {len(chunk) for chunk in received} == {512}
+    assert [r.headers.get("range") for r in server.requests] == [None, "bytes=3072-"]
