@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 
+from retirement.backup.filesystem import FilesystemBackupStore
 from retirement.cli import backup as backup_cli
 from retirement.cli import main
 from retirement.errors import NotFoundError
+from retirement.gateway.server import GatewayProcess
 from retirement.models import Capabilities, Dossier, ExportItem, ModelRef
 from retirement.platforms.base import Platform
+from retirement.platforms.local import LocalRegistry
 from retirement.settings import RetireSettings
 
 FILES = {"MLmodel": b"flavor: sklearn\n", "weights/model.bin": bytes(range(256)) * 64}
@@ -139,3 +142,31 @@ def test_restore_imports_the_version_back(registry: FakeRegistry, capsys: pytest
 def test_verify_of_a_folder_that_is_not_a_backup_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["backup", "verify", str(tmp_path)]) == 2
     assert "is not a backup" in capsys.readouterr().err
+
+
+def test_create_through_the_gateway_then_restore_on_the_local_platform(
+    settings: RetireSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = LocalRegistry(settings.local_dir)
+    old, new = registry.seed_demo(total_bytes=64 * 1024)
+    with GatewayProcess(settings) as gateway:
+        monkeypatch.setenv("RETIRE_GATEWAY_PORT", str(gateway.port))
+        code, out = create(capsys)
+    assert code == 0, out
+    location = out.splitlines()[0].split(": ", 1)[1]
+    manifest = FilesystemBackupStore(settings.backup_dir).manifest(location)
+    assert {(f.path, f.size, f.sha256) for f in manifest.files} == {
+        (r.path, r.size, r.sha256) for r in registry.file_records(old)
+    }
+    assert "verified: 4 files" in out
+
+    # The gateway is gone: the export goes through it, so the backup fails and leaves nothing.
+    assert main(["backup", "create", "churn-model@1", "--quiet"]) == 2
+    assert "retire backup: error:" in capsys.readouterr().err
+    assert len(FilesystemBackupStore(settings.backup_dir).list()) == 1
+
+    registry.set_alias(old.name, "production", new.version or "2")
+    registry.delete(old)
+    assert main(["backup", "restore", location]) == 0
+    assert "restored churn-model@1 on local" in capsys.readouterr().out
+    assert {(r.path, r.sha256) for r in registry.file_records(old)} == {(f.path, f.sha256) for f in manifest.files}

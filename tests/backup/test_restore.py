@@ -14,6 +14,8 @@ from retirement.backup.filesystem import FilesystemBackupStore
 from retirement.backup.restore import VersionImporter, restore
 from retirement.errors import BackupVerifyError, NotFoundError
 from retirement.models import ExportItem, ModelRef
+from retirement.platforms.local import LocalRegistry
+from retirement.settings import RetireSettings
 
 REF = ModelRef(platform="local", name="churn-model", version="3")
 FILES = {"MLmodel": b"flavor: sklearn\n", "weights/model.bin": bytes(range(256)) * 9000}
@@ -97,3 +99,35 @@ def test_restore_of_something_that_is_not_a_backup_is_not_found(tmp_path: Path) 
     store = FilesystemBackupStore(tmp_path / "backups")
     with pytest.raises(NotFoundError):
         restore(store, str(tmp_path), FakeRegistry())
+
+
+def test_a_deleted_local_version_comes_back_from_its_backup(settings: RetireSettings) -> None:
+    registry = LocalRegistry(settings.local_dir)
+    old, new = registry.seed_demo(total_bytes=64 * 1024)
+    registry.set_alias(old.name, "production", new.version or "2")
+    store = FilesystemBackupStore(settings.backup_dir, fsync=False)
+    dossier = registry.describe(old)
+    manifest = store.write(old, registry.export(old), retain_until=RETAIN, platform_metadata=dossier.metadata)
+    before = {path: registry.file_path(old, path).read_bytes() for path, _ in registry.files(old)}
+    registry.delete(old)
+    assert not registry.exists(old)
+
+    assert restore(store, manifest.location, registry) == old
+
+    assert registry.exists(old)
+    assert {path: registry.file_path(old, path).read_bytes() for path, _ in registry.files(old)} == before
+
+
+def test_a_tampered_backup_is_not_restored_onto_the_local_platform(settings: RetireSettings) -> None:
+    registry = LocalRegistry(settings.local_dir)
+    old, new = registry.seed_demo(total_bytes=64 * 1024)
+    registry.set_alias(old.name, "production", new.version or "2")
+    store = FilesystemBackupStore(settings.backup_dir, fsync=False)
+    folder = Path(store.write(old, registry.export(old), retain_until=RETAIN).location)
+    registry.delete(old)
+    (folder / "config.json").chmod(stat.S_IRUSR | stat.S_IWUSR)
+    (folder / "config.json").write_text("{}")
+
+    with pytest.raises(BackupVerifyError, match=r"config\.json: size differs"):
+        restore(store, str(folder), registry)
+    assert not registry.exists(old)
