@@ -677,8 +677,14 @@ class ReplicatePredictionsTraffic(_ReplicateBase):
         except (RetirementError, httpx.HTTPError, ValueError, TypeError) as exc:
             return result(TrafficVerdict.ERROR, redact_text(f"listing predictions failed: {exc}"))
         detail = f"{requests} predictions by this account's token in the window (listing read to the end)"
+        # The listing can only vouch for the part of the window that has already happened.
+        seen = (datetime.now(UTC) - start) / (end - start)
+        coverage = min(1.0, max(0.0, seen))
+        if not requests and coverage < 1.0:
+            detail += f"; the window is not over ({coverage:.0%} of it has happened): missing data is never zero"
+            return result(TrafficVerdict.NODATA, detail, coverage=coverage)
         verdict = TrafficVerdict.ACTIVE if requests else TrafficVerdict.IDLE
-        return result(verdict, detail, requests=requests, errors=errors, coverage=1.0)
+        return result(verdict, detail, requests=requests, errors=errors, coverage=coverage)
 
 
 def build(settings: RetireSettings) -> Platform:
