@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from retirement.backup.base import ProgressCallback
 from retirement.errors import BackupError, BackupVerifyError, ConflictError, InputError, NotFoundError, RetirementError
 from retirement.models import BackupManifest, ExportItem, ManifestFile, ModelRef, VerifyReport, utcnow
-from retirement.redact import redact_text
+from retirement.redact import redact, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -258,10 +259,12 @@ class FilesystemBackupStore:
                 files=files,
                 captures=list(captures),
                 not_captured=list(not_captured),
-                platform_metadata=dict(platform_metadata or {}),
+                platform_metadata=redact(dict(platform_metadata or {})),
             )
             if dossier is not None:
-                self._write_record(partial / DOSSIER, json.dumps(dossier, indent=2, sort_keys=True, default=str))
+                self._write_record(
+                    partial / DOSSIER, json.dumps(redact(dossier), indent=2, sort_keys=True, default=str)
+                )
             self._write_record(partial / MANIFEST, manifest.model_dump_json(indent=2))
             if self.fsync:
                 self._fsync_dir(partial)
@@ -270,13 +273,15 @@ class FilesystemBackupStore:
             try:
                 os.rename(partial, final)
             except OSError as exc:
-                raise ConflictError(f"a backup already exists at {final}; backups are write-once") from exc
-            if self.fsync:
-                self._fsync_dir(final.parent)
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise ConflictError(f"a backup already exists at {final}; backups are write-once") from exc
+                raise BackupError(f"cannot move the finished backup into {final}: {exc.strerror}") from exc
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             self._prune_empty(final.parent)
             raise
+        if self.fsync:
+            self._fsync_dir(final.parent)
         logger.info("backup of %s written to %s: %d files, %d bytes", ref, final, len(files), manifest.total_bytes)
         return manifest
 
@@ -294,7 +299,11 @@ class FilesystemBackupStore:
         results: dict[str, ManifestFile] = {}
         with ThreadPoolExecutor(max_workers=min(self.workers, max(1, len(items))), thread_name_prefix="backup") as pool:
             futures = [pool.submit(self._write_one, folder, item, paths[item.path], counter, cancel) for item in items]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C: the workers stop at their next chunk
+                cancel.set()
+                raise
             failed = next((f for f in done if f.exception() is not None), None)
             if failed is not None:
                 cancel.set()

@@ -329,3 +329,28 @@ def test_open_refuses_files_outside_the_manifest(store: FilesystemBackupStore) -
         store.open(location, "../../../etc/passwd")
     with store.open(location, "manifest.json") as handle:
         assert json.loads(handle.read())["location"] == location
+
+
+def test_secrets_never_reach_the_manifest_the_dossier_or_the_error(store: FilesystemBackupStore, root: Path) -> None:
+    secret = "sk-live0123456789abcdef"
+    manifest = store.write(
+        REF,
+        items({"a.bin": b"a"}),
+        retain_until=RETAIN,
+        platform_metadata={"framework": "sklearn", "api_key": secret},
+        dossier={"notes": f"deployed with {secret}", "reference": "churn-model@3"},
+    )
+    folder = Path(manifest.location)
+    assert manifest.platform_metadata["framework"] == "sklearn"
+    for name in ("manifest.json", "dossier.json"):
+        text = (folder / name).read_text()
+        assert secret not in text
+        assert "churn-model" in text
+
+    def leaky() -> Iterator[bytes]:
+        raise RuntimeError(f"GET https://bucket.test/w.bin?X-Amz-Signature={secret} failed")
+
+    with pytest.raises(BackupError) as info:
+        store.write(REF, [ExportItem(path="w.bin", open=leaky)], retain_until=RETAIN)
+    assert secret not in str(info.value)
+    assert "https://bucket.test/w.bin" in str(info.value)
