@@ -208,6 +208,11 @@ class _MlflowApi:
             body = self.call("GET", f"{API}/registered-models/alias", params={"name": name, "alias": alias})
         except NotFoundError:
             return None
+        except InputError as exc:
+            # A real server answers an unset alias with 400 INVALID_PARAMETER_VALUE "... alias ... not found."
+            if "not found" in str(exc):
+                return None
+            raise
         version = (body.get("model_version") or {}).get("version")
         return None if version is None else str(version)
 
