@@ -40,7 +40,8 @@ def quarterly_review(
     """
     now = as_of or datetime.now(UTC)
     policy = load_retention_policy(policy_path)
-    catalogs = {name: list_platform(name) for name in platforms}
+    listing = {name: list_platform.submit(name) for name in platforms}  # platforms are listed concurrently
+    catalogs = {name: future.result() for name, future in listing.items()}
     report = evaluate(catalogs, policy, now)
     publish_report(report)
     save_report(report)

@@ -347,6 +347,8 @@ def _keep_recent(rule: Any, entry: CatalogEntry, facts: _Facts, now: datetime) -
 
 
 def _tagged(rule: Any, entry: CatalogEntry, facts: _Facts, now: datetime) -> str | None:
+    if not entry.tags:
+        return None
     hits = [t for t in rule.tags if _truthy_tag(entry.tags.get(t))]
     return f"tagged {', '.join(repr(t) for t in hits)}" if hits else None
 

@@ -99,8 +99,13 @@ def _diff(decisions: Sequence[Decision], previous: ReviewReport) -> ReviewDiff:
     resolved = []
     for key in sorted(before - current):
         decision = now.get(key)
-        why = "gone" if decision is None else f"{decision.outcome}: {decision.rule or ''} {decision.reason}".strip()
-        resolved.append(Resolved(key=key, why=why.replace("  ", " ")))
+        if decision is None:
+            why = "gone"
+        elif decision.rule is None:
+            why = decision.reason
+        else:
+            why = f"{decision.outcome} by {decision.rule}: {decision.reason}"
+        resolved.append(Resolved(key=key, why=why))
     return ReviewDiff(
         previous_quarter=previous.quarter,
         new=sorted(current - before),

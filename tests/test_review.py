@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from retirement.cli import main
 from retirement.errors import InputError
-from retirement.models import CatalogEntry
+from retirement.models import CatalogEntry, ModelRef, TrafficSample, TrafficVerdict
+from retirement.platforms.base import Platform
 from retirement.platforms.local import LocalRegistry
-from retirement.policy import Policy
+from retirement.policy import Policy, load_policy_text
 from retirement.review import (
     ReviewReport,
     ReviewStore,
@@ -23,6 +24,7 @@ from retirement.review import (
     render_table,
     retirement_requests,
     run_review,
+    traffic_for,
 )
 from retirement.settings import RetireSettings
 from tests.test_policy import EXPECTED, NOW, entry, seeded_entries
@@ -99,7 +101,7 @@ def test_second_review_shows_new_resolved_and_pending() -> None:
     assert second.diff.new == ["local:churn@12", "local:churn@4", "local:churn@8"]
     assert {r.key: r.why for r in second.diff.resolved} == {
         "local:churn@2": "gone",
-        "local:churn@7": "protected: #10 protect_tagged tagged 'keep'",
+        "local:churn@7": "protected by #10 protect_tagged: tagged 'keep'",
     }
     assert second.diff.pending == ["local:churn@11", "local:churn@13", "local:fraud@1"]
 
@@ -243,3 +245,62 @@ def test_cli_bad_policy_prints_the_problem_and_exits_2(tmp_path: Path, capsys: p
 def test_cli_unknown_platform_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["review", "--platform", "nowhere"]) == 2
     assert "local" in capsys.readouterr().err
+
+
+class FakeTrafficSource:
+    """A per-version traffic source with a fixed verdict per version."""
+
+    name = "fake"
+
+    def __init__(self, verdicts: dict[str, tuple[TrafficVerdict, int | None]]) -> None:
+        self.verdicts = verdicts
+
+    def sample(self, ref: ModelRef, start: datetime, end: datetime) -> TrafficSample:
+        verdict, requests = self.verdicts[str(ref)]
+        return TrafficSample(
+            source="fake", reference=ref, start=start, end=end, requests=requests, coverage=1, verdict=verdict
+        )
+
+
+def test_platform_traffic_protects_active_and_unanswered_versions_only() -> None:
+    source = FakeTrafficSource(
+        {
+            "churn@2": (TrafficVerdict.ACTIVE, 12),
+            "churn@7": (TrafficVerdict.IDLE, 0),
+            "churn@11": (TrafficVerdict.NODATA, None),
+            "churn@13": (TrafficVerdict.ERROR, None),
+            "fraud@1": (TrafficVerdict.IDLE, 0),
+        }
+    )
+    policy = load_policy_text(
+        "rules:\n"
+        "  - {priority: 1, kind: protect_in_use, recent_days: 30, traffic_source: platform}\n"
+        "  - {priority: 2, kind: superseded_production}\n"
+        "  - {priority: 3, kind: staging_resolved}\n"
+        "  - {priority: 4, kind: failed_experiments}\n"
+    )
+    entries = [e for e in seeded_entries() if str(e.reference) in source.verdicts]
+    platforms = {"local": Platform(name="local", registry=FakeCatalog(entries), traffic=source)}
+
+    report = run_review({"local": FakeCatalog(entries)}, policy, now=NOW, traffic=traffic_for(policy, platforms))
+
+    decided = {str(d.reference): (d.outcome, d.reason) for d in report.decisions}
+    assert decided["churn@2"] == ("protected", "in use: 12 requests in the last 30 days on 'platform'")
+    assert decided["churn@7"][0] == "candidate"
+    assert decided["fraud@1"][0] == "candidate"
+    for unknown in ("churn@11", "churn@13"):
+        assert decided[unknown][0] == "protected"
+        assert "missing data is never zero" in decided[unknown][1]
+
+
+def test_a_platform_without_a_traffic_source_leaves_its_versions_protected() -> None:
+    policy = load_policy_text(
+        "rules:\n  - {priority: 1, kind: protect_in_use, traffic_source: platform}\n"
+        "  - {priority: 2, kind: superseded_production}\n"
+    )
+    entries = seeded_entries()
+    platforms = {"local": Platform(name="local", registry=FakeCatalog(entries))}
+
+    report = run_review({"local": FakeCatalog(entries)}, policy, now=NOW, traffic=traffic_for(policy, platforms))
+
+    assert report.totals.candidates == 0

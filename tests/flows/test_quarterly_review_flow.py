@@ -103,7 +103,7 @@ def test_next_quarter_review_shows_what_changed_and_opens_nothing_by_default(
     assert later.diff.new == ["local:churn@12", "local:churn@4", "local:churn@8"]
     assert {r.key: r.why for r in later.diff.resolved} == {
         "local:churn@2": "gone",
-        "local:churn@7": "protected: #10 protect_tagged tagged 'keep'",
+        "local:churn@7": "protected by #10 protect_tagged: tagged 'keep'",
     }
     assert later.diff.pending == ["local:churn@11", "local:churn@13", "local:fraud@1"]
     assert deployments.calls == []
