@@ -128,7 +128,7 @@ def retire_model(
         retirement_id: The retirement this run continues (empty to open a new one).
         expire_gate: Set by the retirement itself: fail this gate safe if still unanswered.
     """
-    rid = lifecycle.open_retirement(request, retirement_id, phase)
+    rid, phase = lifecycle.open_retirement(request, retirement_id, phase)
     if expire_gate:
         return expire_gate_task(request, rid, expire_gate)
     with one_retirement_per_model(request, rid):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
@@ -17,20 +19,25 @@ from tasks._context import load, services_for
 
 
 @task(cache_policy=NO_CACHE, name="open-retirement")
-def open_retirement(request: RetirementRequest, retirement_id: str | None, phase: Phase) -> str:
-    """Load the retirement or open a new one (claims the model); returns its id."""
+def open_retirement(request: RetirementRequest, retirement_id: str | None, phase: Phase) -> tuple[str, Phase]:
+    """Load the retirement or open a new one (claims the model); returns its id and the phase to run.
+
+    A run replayed from the top after a suspended gate was answered goes on at the phase it had
+    reached, not at the phase it was started with.
+    """
     svc = services_for(request)
     run_id = flow_run.get_id()
-    if retirement_id is None and run_id:
-        # A run replayed after a suspend finds the retirement it opened before suspending.
-        replayed = svc.states.by_flow_run(run_id)
-        retirement_id = replayed.id if replayed else None
+    replayed = svc.states.by_flow_run(run_id) if run_id else None
+    if replayed is not None:
+        retirement_id, phase = replayed.id, replayed.phase
     state = protocol.open_retirement(svc, request, retirement_id)
     if run_id and run_id not in state.flow_runs:
         state.flow_runs.append(run_id)
         svc.states.save(state)
+        with get_client(sync_client=True) as client:  # every run of a retirement carries its id as a tag
+            client.update_flow_run(UUID(run_id), tags=sorted({*flow_run.get_tags(), state.id}))
     get_run_logger().info("retirement %s of %s: phase %s", state.id, state.ref, phase.value)
-    return state.id
+    return state.id, phase
 
 
 @task(cache_policy=NO_CACHE, name="announce")

@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for noisy in ("httpx", "httpcore", "prefect"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code = args.func(args)
     except (RetirementError, ValidationError) as exc:

@@ -1,0 +1,168 @@
+"""Prefect plumbing for the CLI: a local server started or reused, the deployments served, gates answered.
+
+Prefect is imported inside the functions: the library itself never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import yaml
+
+from retirement.errors import ConfigError, InputError, NotFoundError, PlatformUnavailableError
+from retirement.settings import RetireSettings
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
+DEFAULT_API = "http://127.0.0.1:4200/api"
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_server(settings: RetireSettings, port: int = 4200, timeout: float = 120) -> tuple[str, bool]:
+    """The API URL of a Prefect server: PREFECT_API_URL's, one answering on 127.0.0.1:port, or a new one.
+
+    A new server (SQLite under PREFECT_HOME) runs in the background after this command ends, so the
+    UI stays open; `retire server stop` stops it. Returns (api url, started here).
+    """
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        if not _healthy(configured):
+            raise PlatformUnavailableError("prefect", f"PREFECT_API_URL={configured} does not answer /health")
+        return configured, False
+    api = f"http://127.0.0.1:{port}/api"
+    if _healthy(api):
+        return api, False
+    home = settings.home.expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "prefect-server.log", "ab")  # noqa: SIM115 - handed to the detached server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PREFECT_UI_URL": f"http://127.0.0.1:{port}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )
+    (home / "prefect-server.pid").write_text(str(process.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PlatformUnavailableError(
+                "prefect", f"the Prefect server exited with {process.returncode}; see {home / 'prefect-server.log'}"
+            )
+        if _healthy(api):
+            return api, True
+        time.sleep(0.5)
+    raise PlatformUnavailableError("prefect", f"the Prefect server did not answer within {timeout:.0f} s")
+
+
+def stop_server(settings: RetireSettings) -> str:
+    """Stop the Prefect server this CLI started, by its PID."""
+    pid_file = settings.home.expanduser() / "prefect-server.pid"
+    if not pid_file.exists():
+        raise NotFoundError(f"no Prefect server started by `retire` (no {pid_file})")
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink()
+        return f"the Prefect server (pid {pid}) was not running"
+    pid_file.unlink()
+    return f"stopped the Prefect server (pid {pid})"
+
+
+def load_deployments(path: Path = PREFECT_YAML) -> list[Any]:
+    """The deployments of prefect.yaml as runner deployments (for serving without a work pool).
+
+    Raises:
+        ConfigError: prefect.yaml has an unknown key, a bad schedule or a bad entrypoint.
+    """
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron
+
+    config = yaml.safe_load(path.read_text())
+    result = []
+    for spec in config.get("deployments", []):
+        name = spec.get("name")
+        if not name or not spec.get("entrypoint"):
+            raise ConfigError(f"{path}: every deployment needs a name and an entrypoint")
+        flow: Any = load_flow_from_entrypoint(str(PROJECT_DIR / spec["entrypoint"]))
+        schedules = [
+            Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
+            for s in spec.get("schedules") or []
+        ]
+        result.append(
+            flow.to_deployment(
+                name=name,
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
+                schedules=schedules or None,
+            )
+        )
+    return result
+
+
+def serve_all(path: Path = PREFECT_YAML) -> None:
+    """Serve every deployment of prefect.yaml from this process (blocks until interrupted)."""
+    from prefect import serve
+
+    sys.path.insert(0, str(PROJECT_DIR))
+    serve(*load_deployments(path), print_starting_message=True)
+
+
+def paused_runs(flow_run_ids: list[str] | None = None) -> list[Any]:
+    """Flow runs waiting at a gate (paused or suspended), optionally among ``flow_run_ids``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    flow_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    if flow_run_ids is not None:
+        flow_filter.id = FlowRunFilterId(any_=[UUID(i) for i in flow_run_ids])
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=flow_filter)
+
+
+def answer_gate(flow_run_id: str, answer: dict[str, Any]) -> str:
+    """Resume a run waiting at a gate with ``answer``; the server checks it against the gate's form.
+
+    Raises:
+        InputError: the run is not waiting at a gate, or the server refused the answer (it says why).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+        except ObjectNotFound:
+            raise NotFoundError(f"no flow run {flow_run_id}") from None
+    if run.state is None or not run.state.is_paused():
+        raise InputError("RUN_ID", f"flow run {flow_run_id} is not waiting at a gate ({run.state})", "a paused run")
+    gate = (run.state.state_details.pause_key or "").rsplit("-", 1)[0]
+    try:
+        resume_flow_run(run.id, run_input=answer)
+    except RuntimeError as exc:
+        raise InputError("answer", f"refused by the server for gate {gate}: {exc}") from None
+    return gate

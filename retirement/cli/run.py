@@ -1,0 +1,369 @@
+"""`retire plan|start|approve|status|serve|server|demo`: run retirements from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from retirement import protocol
+from retirement.bootstrap import services
+from retirement.errors import InputError, NotFoundError, SafetyError
+from retirement.ledger import Ledger
+from retirement.models import RetirementRequest
+from retirement.render import dossier_markdown
+from retirement.settings import RetireSettings
+from retirement.state import RetirementState, StateStore
+
+DEPLOYMENT = "retire-model/retire-model"
+DEMO_REQUESTER = "demo-requester"
+DEMO_APPROVER = "demo-approver"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the run commands."""
+    plan = subparsers.add_parser("plan", help="Print the dossier and plan of a retirement; changes nothing.")
+    _request_arguments(plan, required=False)
+    plan.add_argument("--json", action="store_true", help="Print the dossier as JSON.")
+    plan.set_defaults(func=_plan)
+
+    start = subparsers.add_parser("start", help="Start a retirement as a run of the retire-model deployment.")
+    _request_arguments(start, required=True)
+    start.set_defaults(func=_start)
+
+    approve = subparsers.add_parser("approve", help="Answer the gate a run is waiting at (same checks as the UI).")
+    approve.add_argument("run_id", metavar="RUN_ID", help="The flow run waiting at the gate.")
+    approve.add_argument("--approver", required=True, help="Who answers (one of the request's approvers).")
+    approve.add_argument("--reject", action="store_true", help="Reject instead of approve.")
+    approve.add_argument("--typed-reference", help="The exact model reference (deletion gate).")
+    approve.add_argument("--comment", default="", help="Why; goes into the ledger.")
+    approve.set_defaults(func=_approve)
+
+    status = subparsers.add_parser("status", help="Retirements and where they stand, or one in detail.")
+    status.add_argument("retirement_id", nargs="?", metavar="ID", help="One retirement.")
+    status.set_defaults(func=_status)
+
+    serve = subparsers.add_parser("serve", help="Serve every deployment of prefect.yaml from this machine.")
+    serve.set_defaults(func=_serve)
+
+    server = subparsers.add_parser("server", help="Start or stop a local Prefect server (SQLite).")
+    server.add_argument("action", choices=["start", "stop"])
+    server.add_argument("--port", type=int, default=4200)
+    server.set_defaults(func=_server)
+
+    demo = subparsers.add_parser("demo", help="The whole protocol on this machine against the local platform.")
+    demo.add_argument("--auto-approve", action="store_true", help=f"Answer every gate as {DEMO_APPROVER}.")
+    demo.add_argument("--size", default="64MiB", help="Size of each demo model version (e.g. 64MiB, 2GiB).")
+    demo.add_argument("--port", type=int, default=4200, help="Port of the local Prefect server.")
+    demo.add_argument("--stop-server", action="store_true", help="Stop the Prefect server at the end if started here.")
+    demo.add_argument("--timeout", type=float, default=900, help="Give up after this many seconds.")
+    demo.set_defaults(func=_demo)
+
+
+def _request_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--model", required=True, help="The version to retire, `name@version`.")
+    parser.add_argument("--platform", default="local", help="Platform the model lives on (default: local).")
+    parser.add_argument("--replacement", help="The version that takes over production.")
+    parser.add_argument("--requester", required=required, default=os.environ.get("USER", "me"))
+    parser.add_argument("--approvers", required=required, default="reviewer", help="Comma-separated approvers.")
+    parser.add_argument("--reason", required=required, default="planned retirement")
+    parser.add_argument("--traffic-source", action="append", default=[], help="Traffic source (repeatable).")
+    parser.add_argument("--serving", help="`manual` for a checklist gate instead of the platform's own.")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="Any other request field, e.g. traffic_window_hours=48 (repeatable).",
+    )
+
+
+def _request(args: argparse.Namespace) -> RetirementRequest:
+    data: dict[str, Any] = {
+        "model": args.model,
+        "platform": args.platform,
+        "replacement": args.replacement,
+        "requester": args.requester,
+        "approvers": [a.strip() for a in args.approvers.split(",") if a.strip()],
+        "reason": args.reason,
+        "traffic_sources": args.traffic_source,
+        "serving": args.serving,
+    }
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError("--set", f"{item!r} is not FIELD=VALUE", "e.g. traffic_window_hours=48")
+        try:
+            data[key] = json.loads(value)
+        except json.JSONDecodeError:
+            data[key] = value
+    return RetirementRequest.model_validate(data)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    request = _request(args)
+    svc = services(request.platform, list(request.traffic_sources))
+    try:
+        protocol.check_limits(request, svc)
+        dossier = protocol.build_dossier(svc, request)
+    finally:
+        svc.close()
+    print(dossier.model_dump_json(indent=2) if args.json else dossier_markdown(dossier, request))
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    request = _request(args)
+    protocol.check_limits(request, services(request.platform, list(request.traffic_sources)))
+    run: FlowRun = run_deployment(  # type: ignore[assignment]
+        DEPLOYMENT, parameters={"request": request.model_dump(mode="json")}, timeout=0, as_subflow=False
+    )
+    print(f"started retirement of {request.model}: flow run {run.name} ({run.id})")
+    print(f"follow it with `retire status`; answer gates in the UI or with `retire approve {run.id} ...`")
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from retirement.cli._prefect import answer_gate
+
+    answer: dict[str, Any] = {
+        "decision": "reject" if args.reject else "approve",
+        "approver": args.approver,
+        "comment": args.comment,
+    }
+    if args.typed_reference is not None:
+        answer["typed_reference"] = args.typed_reference
+    gate = answer_gate(args.run_id, answer)
+    print(f"{gate}: {answer['decision']} by {args.approver} accepted; the run resumes")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    states = StateStore(RetireSettings().state_dir)
+    if args.retirement_id:
+        print(_describe(states.load(args.retirement_id)))
+        return 0
+    found = states.all()
+    if not found:
+        print("no retirements yet")
+    for state in found:
+        nxt = (
+            f" next {state.next_phase.value} at {state.next_run_at:%Y-%m-%d %H:%M:%S}"
+            if state.next_run_at and state.next_phase
+            else ""
+        )
+        print(f"{state.id}  {state.ref}  {state.phase.value:<14} {state.status}{nxt}  {state.status_reason}")
+    return 0
+
+
+def _describe(state: RetirementState) -> str:
+    lines = [
+        f"{state.id}: {state.ref} on {state.ref.platform} - {state.status} {state.status_reason}".rstrip(),
+        f"requested by {state.request.requester}: {state.request.reason}",
+        "",
+        "phases:",
+    ]
+    for rec in state.history:
+        took = f"{(rec.ended_at - rec.started_at).total_seconds():7.1f}s" if rec.ended_at else "   ...  "
+        lines.append(f"  {rec.phase.value:<14} {rec.started_at:%H:%M:%S} {took}  {rec.outcome}")
+    lines += ["approvals:"] + [
+        f"  {a.gate}: {a.decision} by {a.approver} {a.comment}".rstrip() for a in state.approvals
+    ]
+    if state.backup_location:
+        lines.append(f"backup: {state.backup_location} (manifest sha256 {state.backup_manifest_sha256})")
+    if state.receipt:
+        lines.append(
+            f"deleted: {state.receipt.deleted_at:%Y-%m-%d %H:%M:%S} verified gone: {state.receipt.verified_gone}"
+        )
+    if state.next_phase and state.next_run_at:
+        lines.append(f"next: {state.next_phase.value} at {state.next_run_at.isoformat(timespec='seconds')}")
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from retirement.cli._prefect import serve_all
+
+    serve_all()
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from retirement.cli._prefect import ensure_server, stop_server
+
+    settings = RetireSettings()
+    if args.action == "stop":
+        print(stop_server(settings))
+        return 0
+    api, started = ensure_server(settings, args.port)
+    print(f"Prefect server {'started' if started else 'already running'}: {api.removesuffix('/api')}")
+    return 0
+
+
+# --- the demo -------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from retirement.cli._prefect import ensure_server, paused_runs, stop_server
+    from retirement.cli.local import parse_size
+    from retirement.gateway.loadgen import TrafficGenerator
+    from retirement.gateway.server import GatewayProcess
+    from retirement.platforms.local import LocalRegistry
+
+    # Windows of seconds: this machine allows it for the demo only (a run parameter never could).
+    os.environ["RETIRE_MIN_TRAFFIC_WINDOW_HOURS"] = "0"
+    settings = RetireSettings()
+    say = _Say()
+    api, started = ensure_server(settings, args.port)
+    ui = api.removesuffix("/api")
+    os.environ.update({"PREFECT_API_URL": api, "PREFECT_UI_URL": ui, "PREFECT_RUNNER_POLL_FREQUENCY": "2"})
+    say(f"Prefect server {'started' if started else 'reused'} at {ui}")
+
+    gateway = _reuse_or_start_gateway(settings, GatewayProcess)
+    say(f"local gateway at {settings.gateway_url}")
+    registry = LocalRegistry(settings.local_dir)
+    old, new = registry.seed_demo(parse_size(args.size), reset=True)
+    say(f"seeded {old} (production) and its replacement {new}, {args.size} each, under {settings.local_dir}")
+    traffic = TrafficGenerator(settings.gateway_url, f"{old.name}@production", rate_per_second=5)
+    traffic.start()
+    say(f"steady traffic on {old.name}@production (5 requests/s)")
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "retirement", "serve"],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        request = RetirementRequest(
+            model=str(old),
+            replacement=str(new),
+            requester=DEMO_REQUESTER,
+            approvers=[DEMO_APPROVER],
+            reason="demo: v2 replaces v1",
+            traffic_window_hours=10 / 3600,
+            bake_minutes=0.1,
+            soft_delete=True,
+            pending_delete_hours=5 / 3600,
+            monitor_days=20 / 86400,
+            monitor_interval_hours=10 / 3600,
+            backup_retention_days=30,
+        )
+        run_id = _trigger(request)
+        say(f"retirement started: {ui}/flow-runs/flow-run/{run_id}")
+        if not args.auto_approve:
+            say(
+                "answer the approval gates in the Prefect UI (or `retire approve RUN_ID --approver "
+                f"{DEMO_APPROVER} ...`); waiting"
+            )
+        state = _wait(settings, run_id, args.timeout, paused_runs if args.auto_approve else None, say)
+        summary = _summary(settings, state, traffic.stats())
+    finally:
+        traffic.stop()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if gateway is not None:
+            gateway.stop()
+        if started and args.stop_server:
+            stop_server(settings)
+    print()
+    print(summary)
+    if started and not args.stop_server:
+        print(f"\nThe Prefect UI stays up at {ui}; stop it with `retire server stop`.")
+    return 0 if state.status == "done" else 1
+
+
+class _Say:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
+
+
+def _reuse_or_start_gateway(settings: RetireSettings, gateway_cls: Any) -> Any:
+    try:
+        if httpx.get(f"{settings.gateway_url}/healthz", timeout=2).status_code == 200:
+            return None
+    except httpx.HTTPError:
+        pass
+    return gateway_cls(settings, settings.gateway_port).start()
+
+
+def _trigger(request: RetirementRequest) -> str:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            run: FlowRun = run_deployment(  # type: ignore[assignment]
+                DEPLOYMENT, parameters={"request": request.model_dump(mode="json")}, timeout=0, as_subflow=False
+            )
+            return str(run.id)
+        except Exception as exc:  # the served deployment registers a few seconds after `retire serve` starts
+            if time.monotonic() > deadline:
+                raise NotFoundError(f"deployment {DEPLOYMENT} did not appear: {exc}") from exc
+            time.sleep(1)
+
+
+def _wait(settings: RetireSettings, run_id: str, timeout: float, paused: Any, say: _Say) -> RetirementState:
+    states = StateStore(settings.state_dir)
+    deadline = time.monotonic() + timeout
+    seen: tuple[str, str] | None = None
+    answered: set[str] = set()
+    state: RetirementState | None = None
+    while time.monotonic() < deadline:
+        state = states.by_flow_run(run_id) or state
+        if state is not None:
+            here = (state.phase.value, state.status)
+            if here != seen:
+                say(f"{state.ref}: {state.phase.value} - {state.status}")
+                seen = here
+            if state.status in ("done", "halted"):
+                return state
+            if paused is not None:
+                for run in paused(state.flow_runs):
+                    key = run.state.state_details.pause_key
+                    if key in answered:
+                        continue
+                    answer = {"decision": "approve", "approver": DEMO_APPROVER, "comment": "demo auto-approval"}
+                    if key.startswith(protocol.GATE_DELETION):
+                        answer["typed_reference"] = str(state.ref)
+                    from retirement.cli._prefect import answer_gate
+
+                    say(f"approving {answer_gate(str(run.id), answer)} as {DEMO_APPROVER}")
+                    answered.add(key)
+        time.sleep(1)
+    raise SafetyError(f"the demo retirement did not finish within {timeout:.0f} s (see `retire status`)")
+
+
+def _summary(settings: RetireSettings, state: RetirementState, traffic: dict[str, dict[str, int]]) -> str:
+    lines = [_describe(state), ""]
+    lines.append("traffic generator: " + ", ".join(f"v{v}: {c.get('ok', 0)} ok" for v, c in sorted(traffic.items())))
+    try:
+        old = httpx.post(f"{settings.gateway_url}/v1/models/{state.ref}/predict", json={"inputs": [1]}, timeout=5)
+        lines.append(f"gateway now answers {old.status_code} for {state.ref}")
+    except httpx.HTTPError:
+        pass
+    count, last = Ledger(settings.ledger_file).verify()
+    lines.append(f"ledger verify: OK ({count} entries, last hash {last[:16]}...)")
+    if state.receipt is not None:
+        until = state.receipt.deleted_at + timedelta(days=state.request.backup_retention_days)
+        lines.append(
+            f"backup kept until {until:%Y-%m-%d}: restore with `retire backup restore {state.backup_location}`"
+        )
+    return "\n".join(lines)
