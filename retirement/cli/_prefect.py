@@ -166,3 +166,52 @@ def answer_gate(flow_run_id: str, answer: dict[str, Any]) -> str:
     except RuntimeError as exc:
         raise InputError("answer", f"refused by the server for gate {gate}: {exc}") from None
     return gate
+
+
+def validate_prefect_yaml(path: Path = PREFECT_YAML) -> list[str]:
+    """Every problem of a prefect.yaml, found offline (Prefect has no validation command for it).
+
+    Prefect's own model ignores unknown keys, so a typo (``shedules:``) silently drops a schedule;
+    this also checks unknown keys, cron expressions and timezones, and loads every entrypoint.
+    """
+    from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+    from pydantic import ValidationError
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        return [f"{path}: not YAML: {exc}"]
+    if not isinstance(raw, dict):
+        return [f"{path}: the top level must be a mapping"]
+    problems: list[str] = []
+    top_keys = {f.alias or name for name, f in PrefectYamlModel.model_fields.items()}
+    problems += [
+        f"unknown top-level key {k!r} (allowed: {', '.join(sorted(top_keys))})" for k in raw if k not in top_keys
+    ]
+    try:
+        PrefectYamlModel.model_validate(raw)
+    except ValidationError as exc:
+        problems.append(f"prefect.yaml does not validate: {exc}")
+    allowed = set(DeploymentConfig.model_fields)
+    schedule_keys = {"cron", "timezone", "day_or", "active", "parameters", "slug", "interval", "anchor_date", "rrule"}
+    for i, spec in enumerate(raw.get("deployments") or []):
+        where = f"deployments[{i}] ({spec.get('name', '?')})"
+        problems += [f"{where}: unknown key {k!r}" for k in spec if k not in allowed]
+        for j, schedule in enumerate(spec.get("schedules") or []):
+            problems += [f"{where}.schedules[{j}]: unknown key {k!r}" for k in schedule if k not in schedule_keys]
+            if "cron" in schedule:
+                try:
+                    CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+                except (ValidationError, ValueError) as exc:
+                    problems.append(f"{where}.schedules[{j}]: {exc}")
+        entrypoint = spec.get("entrypoint")
+        if not entrypoint:
+            problems.append(f"{where}: no entrypoint")
+            continue
+        try:
+            load_flow_from_entrypoint(str(path.parent / entrypoint))
+        except Exception as exc:
+            problems.append(f"{where}: entrypoint {entrypoint!r} does not load: {type(exc).__name__}: {exc}")
+    return problems

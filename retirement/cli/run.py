@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("retirement_id", nargs="?", metavar="ID", help="One retirement.")
     status.set_defaults(func=_status)
 
+    check = subparsers.add_parser("check-deployments", help="Validate prefect.yaml offline (keys, crons, entrypoints).")
+    check.set_defaults(func=_check_deployments)
+
     serve = subparsers.add_parser("serve", help="Serve every deployment of prefect.yaml from this machine.")
     serve.set_defaults(func=_serve)
 
@@ -188,6 +191,16 @@ def _describe(state: RetirementState) -> str:
     if state.next_phase and state.next_run_at:
         lines.append(f"next: {state.next_phase.value} at {state.next_run_at.isoformat(timespec='seconds')}")
     return "\n".join(lines)
+
+
+def _check_deployments(args: argparse.Namespace) -> int:
+    from retirement.cli._prefect import PREFECT_YAML, validate_prefect_yaml
+
+    problems = validate_prefect_yaml()
+    for problem in problems:
+        print(problem)
+    print(f"{PREFECT_YAML}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
