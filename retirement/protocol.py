@@ -396,7 +396,9 @@ def cutover(svc: Services, state: RetirementState, now: datetime) -> str:
         )
     state.previous_production = before
     serving.switch(replacement)
-    current = serving.production(state.ref.model)
+    # Asked about the replacement's model: on platforms whose unit is the model (Selise), the old
+    # model has no production once its consumers moved.
+    current = serving.production(replacement.model)
     if current != replacement:
         raise SafetyError(f"production answers {current} after switching to {replacement}")
     state.cutover_at = utcnow()

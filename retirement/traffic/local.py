@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retirement.gateway.requestlog import RequestLog
@@ -23,10 +25,27 @@ class LocalTrafficSource:
 
     name = "local"
 
-    def __init__(self, root: Path, heartbeat_gap_seconds: float = 5.0) -> None:
+    def __init__(
+        self, root: Path, heartbeat_gap_seconds: float = 5.0, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.root = Path(root).expanduser()
         self.heartbeat_gap_seconds = heartbeat_gap_seconds
         self.log = RequestLog(self.root)
+        self._sleep = sleep
+
+    def _settle(self, end: datetime) -> None:
+        """For a window ending about now, wait (at most one heartbeat gap) for the gateway's first
+        heartbeat after ``end``: heartbeats share the writer queue with requests, so once one is
+        logged every request before ``end`` is too."""
+        now = datetime.now(UTC)
+        if not (now - timedelta(seconds=self.heartbeat_gap_seconds) <= end <= now + timedelta(seconds=1)):
+            return
+        deadline = time.monotonic() + self.heartbeat_gap_seconds
+        while time.monotonic() < deadline:
+            last = self.log.last_heartbeat()
+            if last is None or last >= end:
+                return
+            self._sleep(0.2)
 
     def sample(self, ref: ModelRef, start: datetime, end: datetime) -> TrafficSample:
         """Requests, errors (status >= 500) and p95 latency for ``ref`` over ``[start, end)``, with a verdict.
@@ -44,6 +63,7 @@ class LocalTrafficSource:
         if problem:
             return TrafficSample(**base, verdict=TrafficVerdict.ERROR, detail=problem)
         try:
+            self._settle(end)
             stats = self.log.stats(ref.name, ref.version, start, end)
             coverage = self.log.coverage(start, end, self.heartbeat_gap_seconds)
         except FileNotFoundError:
