@@ -326,6 +326,16 @@ def _selise(retiring: Retiring, server: SeliseServer, monkeypatch: pytest.Monkey
     retiring.use(get_platform("selise", RetireSettings()), _idle())
 
 
+def _selise_get(server: SeliseServer, path: str) -> httpx.Response:
+    """GET ``path`` from the fake as a client of the project would (token, x-blocks-key, project_key)."""
+    with httpx.Client(base_url=server.base_url, headers={"x-blocks-key": PROJECT_KEY}) as http:
+        token = http.post(
+            "/authentication/v1/OAuth/Token",
+            data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+        ).json()["access_token"]
+        return http.get(path, params={"project_key": PROJECT_KEY}, headers={"Authorization": f"Bearer {token}"})
+
+
 def test_selise_model_retired_through_the_flow(
     retiring: Retiring, selise_server: SeliseServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,18 +345,39 @@ def test_selise_model_retired_through_the_flow(
     flow_state, state = retiring.run(_request(model_id, "selise"))
     retiring.assert_retired(flow_state, state)
     assert model_id not in selise_server.state.models
-    with httpx.Client(base_url=selise_server.base_url) as http:
-        token = http.post(
-            "/authentication/v1/OAuth/Token",
-            data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
-            headers={"x-blocks-key": PROJECT_KEY},
-        ).json()["access_token"]
-        gone = http.get(
-            f"/models/{model_id}",
-            params={"project_key": PROJECT_KEY},
-            headers={"x-blocks-key": PROJECT_KEY, "Authorization": f"Bearer {token}"},
-        )
-    assert gone.status_code == 404
+    assert _selise_get(selise_server, f"/models/{model_id}").status_code == 404
+
+
+def test_selise_model_retired_with_its_agent_moved_to_the_replacement(
+    retiring: Retiring, selise_server: SeliseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new, agent = unique("m-old"), unique("m-new"), unique("agent")
+    selise_server.state.add_model(old, "gpt-4")
+    selise_server.state.add_model(new, "gpt-4o", provider="azure")
+    selise_server.state.add_agent(agent, "Support", old)
+    _selise(retiring, selise_server, monkeypatch)
+    flow_state, state = retiring.run(_request(old, "selise", replacement=new))
+    retiring.assert_retired(flow_state, state)
+    assert [a.gate for a in state.approvals] == ["approve-plan", "approve-cutover", "approve-deletion"]
+    assert state.previous_production is not None and state.previous_production.name == old
+    # The cutover moved the agent through update-ai-configurations, keeping its other settings.
+    moved = selise_server.state.agents[agent]
+    assert moved["llm_config"] == {
+        "Provider": "azure",
+        "ModelName": "gpt-4o",
+        "ModelId": new,
+        "ModelType": "chat",
+        "Temperature": 0.2,
+    }
+    assert moved["rag_config"] == {"TopK": 5} and moved["tool_ids"] == ["tool-1"]
+    updates = [c.body for c in selise_server.state.calls_of("POST", "/agents/update-ai-configurations")]
+    assert [(u["agent_id"], u["llm_config"]["ModelId"]) for u in updates if u["agent_id"] == agent] == [(agent, new)]
+    # The old model is gone; the agent still answers with the new one.
+    assert old not in selise_server.state.models
+    assert _selise_get(selise_server, f"/models/{old}").status_code == 404
+    assert _selise_get(selise_server, f"/models/{new}").is_success
+    assert _selise_get(selise_server, f"/agents/query/{agent}").json()["agent"]["llm_config"]["ModelId"] == new
+    assert [c.path for c in selise_server.state.calls_of("DELETE")][-1:] == [f"/models/{old}"]
 
 
 def test_selise_model_used_by_an_agent_is_refused(
