@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -11,7 +10,6 @@ from uuid import UUID, uuid4
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 from pydantic import ValidationError
 
 import tasks.review
@@ -23,10 +21,9 @@ from tests.test_policy import EXAMPLE_POLICY, EXPECTED, NOW, seeded_entries
 from tests.test_review import FakeCatalog, changed_catalogue
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    with prefect_test_harness():
-        yield
+@pytest.fixture(autouse=True)
+def prefect_harness(prefect_server: None) -> None:
+    """The one Prefect test harness of the session, started by tests/flows/conftest.py."""
 
 
 @dataclass
