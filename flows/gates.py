@@ -41,10 +41,11 @@ def gate_form(gate: str, approvers: list[str], confirm: str | None) -> type[RunI
             ),
         ),
         "approver": (
-            Literal[tuple(approvers)],
+            str,
             Field(
+                json_schema_extra={"enum": list(approvers)},  # a choice in the UI, enforced by the server
                 description="Who answers: one of the approvers named in the request"
-                + (" (not the requester)." if confirm else ".")
+                + (" (not the requester)." if confirm else "."),
             ),
         ),
         "comment": (str, Field(default="", description="Why; goes into the ledger and the final report.")),

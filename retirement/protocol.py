@@ -237,6 +237,15 @@ def confirmation_reference(svc: Services, ref: ModelRef) -> str:
     return str(custom(ref)) if callable(custom) else str(ref)
 
 
+def duration(hours: float) -> str:
+    """Hours in words a person reads at a glance: '48 h', '30 min', '10 s'."""
+    if hours >= 1:
+        return f"{hours:g} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.3g} min"
+    return f"{hours * 3600:.3g} s"
+
+
 def make_plan(svc: Services, request: RetirementRequest) -> list[PlanStep]:
     """Every action the retirement will take, in order, with its gate and timing."""
     ref = request.ref
@@ -250,7 +259,7 @@ def make_plan(svc: Services, request: RetirementRequest) -> list[PlanStep]:
         steps.append(
             PlanStep(
                 phase=Phase.CUTOVER,
-                action=f"Switch production to {new}; bake {request.bake_minutes:g} min "
+                action=f"Switch production to {new}; bake {duration(request.bake_minutes / 60)} "
                 f"(error rate <= {request.max_error_rate:g}, p95 <= {request.max_p95_latency_ms:g} ms); "
                 "breach rolls back automatically",
                 destructive=True,
@@ -263,7 +272,7 @@ def make_plan(svc: Services, request: RetirementRequest) -> list[PlanStep]:
     steps.append(
         PlanStep(
             phase=Phase.TRAFFIC_WINDOW,
-            action=f"Wait {request.traffic_window_hours:g} h with no process held",
+            action=f"Wait {duration(request.traffic_window_hours)} with no process held",
             when="after the cutover",
         )
     )
@@ -287,7 +296,7 @@ def make_plan(svc: Services, request: RetirementRequest) -> list[PlanStep]:
         steps.append(
             PlanStep(
                 phase=Phase.DELETE,
-                action=f"{caps.soft_delete.capitalize()} first, then wait {request.pending_delete_hours:g} h "
+                action=f"{caps.soft_delete.capitalize()} first, then wait {duration(request.pending_delete_hours)} "
                 "(cancellable; any request cancels the delete)",
                 destructive=True,
                 gate=GATE_DELETION,
@@ -307,8 +316,8 @@ def make_plan(svc: Services, request: RetirementRequest) -> list[PlanStep]:
         steps.append(
             PlanStep(
                 phase=Phase.MONITOR,
-                action=f"Check errors and requests naming {ref} every {request.monitor_interval_hours:g} h "
-                f"for {request.monitor_days} days; final report",
+                action=f"Check errors and requests naming {ref} every {duration(request.monitor_interval_hours)} "
+                f"for {duration(request.monitor_days * 24)}; final report",
             )
         )
     return steps

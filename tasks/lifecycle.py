@@ -79,6 +79,10 @@ def enter_phase(request: RetirementRequest, retirement_id: str, phase: Phase) ->
     if state.phase != phase or not state.history or state.history[-1].ended_at is not None:
         state.enter(phase)
         svc.states.save(state)
+        run_id = flow_run.get_id()
+        if run_id:  # the run's name says which phase it is in now
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(UUID(run_id), name=f"retire {request.model} · {phase.value}")
     return state.status
 
 

@@ -55,7 +55,12 @@ def ensure_server(settings: RetireSettings, port: int = 4200, timeout: float = 1
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "PREFECT_UI_URL": f"http://127.0.0.1:{port}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        env={
+            **os.environ,
+            "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+            "PREFECT_UI_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        },
     )
     (home / "prefect-server.pid").write_text(str(process.pid))
     deadline = time.monotonic() + timeout
@@ -141,6 +146,30 @@ def paused_runs(flow_run_ids: list[str] | None = None) -> list[Any]:
         flow_filter.id = FlowRunFilterId(any_=[UUID(i) for i in flow_run_ids])
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=flow_filter)
+
+
+def cancel_runs(retirement_id: str) -> int:
+    """Cancel every scheduled or paused run of a retirement (found by its tag); returns how many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    waiting = [StateType.SCHEDULED, StateType.PAUSED, StateType.PENDING]
+    flow_filter = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[retirement_id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting)),
+    )
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=flow_filter)
+        for run in runs:
+            client.set_flow_run_state(run.id, Cancelled(message=f"retirement {retirement_id} cancelled"), force=True)
+    return len(runs)
 
 
 def answer_gate(flow_run_id: str, answer: dict[str, Any]) -> str:

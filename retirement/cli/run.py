@@ -15,7 +15,7 @@ import httpx
 
 from retirement import protocol
 from retirement.bootstrap import services
-from retirement.errors import InputError, NotFoundError, SafetyError
+from retirement.errors import ConflictError, InputError, NotFoundError, SafetyError
 from retirement.ledger import Ledger
 from retirement.models import RetirementRequest
 from retirement.render import dossier_markdown
@@ -49,6 +49,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = subparsers.add_parser("status", help="Retirements and where they stand, or one in detail.")
     status.add_argument("retirement_id", nargs="?", metavar="ID", help="One retirement.")
     status.set_defaults(func=_status)
+
+    cancel = subparsers.add_parser(
+        "cancel", help="Stop a retirement: undo a soft delete, cancel its scheduled runs, release the model."
+    )
+    cancel.add_argument("retirement_id", metavar="ID")
+    cancel.add_argument("--by", default=os.environ.get("USER", "operator"), help="Who cancels (for the ledger).")
+    cancel.set_defaults(func=_cancel)
 
     check = subparsers.add_parser("check-deployments", help="Validate prefect.yaml offline (keys, crons, entrypoints).")
     check.set_defaults(func=_check_deployments)
@@ -193,6 +200,24 @@ def _describe(state: RetirementState) -> str:
     return "\n".join(lines)
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    from retirement.cli._prefect import cancel_runs
+
+    settings = RetireSettings()
+    state = StateStore(settings.state_dir).load(args.retirement_id)
+    if state.status in ("done", "halted"):
+        raise InputError("ID", f"retirement {state.id} is already {state.status}", "a running or waiting retirement")
+    svc = services(state.request.platform, list(state.request.traffic_sources))
+    try:
+        protocol.undo_soft_delete(svc, state)
+        protocol.halt(svc, state, f"cancelled by {args.by}")
+    finally:
+        svc.close()
+    cancelled = cancel_runs(state.id)
+    print(f"{state.id} cancelled: {state.ref} left in place; {cancelled} scheduled or waiting run(s) cancelled")
+    return 0
+
+
 def _check_deployments(args: argparse.Namespace) -> int:
     from retirement.cli._prefect import PREFECT_YAML, validate_prefect_yaml
 
@@ -241,7 +266,7 @@ def _demo(args: argparse.Namespace) -> int:
     os.environ.update({"PREFECT_API_URL": api, "PREFECT_UI_URL": ui, "PREFECT_RUNNER_POLL_FREQUENCY": "2"})
     say(f"Prefect server {'started' if started else 'reused'} at {ui}")
 
-    gateway = _reuse_or_start_gateway(settings, GatewayProcess)
+    gateway = _start_gateway(settings, GatewayProcess)
     say(f"local gateway at {settings.gateway_url}")
     registry = LocalRegistry(settings.local_dir)
     old, new = registry.seed_demo(parse_size(args.size), reset=True)
@@ -288,8 +313,7 @@ def _demo(args: argparse.Namespace) -> int:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-        if gateway is not None:
-            gateway.stop()
+        gateway.stop()
         if started and args.stop_server:
             stop_server(settings)
     print()
@@ -307,12 +331,17 @@ class _Say:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
 
 
-def _reuse_or_start_gateway(settings: RetireSettings, gateway_cls: Any) -> Any:
+def _start_gateway(settings: RetireSettings, gateway_cls: Any) -> Any:
+    """The demo's own gateway on RETIRE_GATEWAY_PORT; one already there may serve another root, so refuse it."""
     try:
-        if httpx.get(f"{settings.gateway_url}/healthz", timeout=2).status_code == 200:
-            return None
+        answered = httpx.get(f"{settings.gateway_url}/healthz", timeout=2).status_code
     except httpx.HTTPError:
-        pass
+        answered = None
+    if answered is not None:
+        raise ConflictError(
+            f"something already answers on {settings.gateway_url}: stop it, or run the demo with another "
+            "RETIRE_GATEWAY_PORT"
+        )
     return gateway_cls(settings, settings.gateway_port).start()
 
 

@@ -142,3 +142,15 @@ def test_second_retirement_of_the_same_model_is_refused(world: World, driver: Dr
     assert second.is_failed()
     with pytest.raises(ConflictError, match="already being retired by ret-churn-model-1-"):
         second.result()
+
+
+def test_unanswered_gate_times_out_and_halts(world: World, driver: Driver) -> None:
+    from retirement.models import Phase
+
+    state = driver.run_leg(_request(gate_timeout_hours=2 / 3600), Phase.DOCUMENT, None, {"approve-plan": []})
+    assert state.is_cancelled()
+    assert "timed out" in (state.message or "")
+    (retirement,) = world.services.states.all()
+    assert retirement.status == "halted"
+    assert world.serving.prod["churn-model"] == world.old
+    assert world.notifier.statuses()[-1] == "document:halted"
