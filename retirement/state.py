@@ -71,6 +71,7 @@ class RetirementState(BaseModel):
     pending_gate: str | None = Field(default=None, description="The gate key waiting for an answer, if any.")
     gate_deadline: datetime | None = Field(default=None, description="When the pending gate fails safe.")
     gate_run: str | None = Field(default=None, description="The flow run waiting at the pending gate.")
+    gate_expiry_run: str | None = Field(default=None, description="The scheduled run that expires the pending gate.")
     gate_attempts: dict[str, int] = Field(default_factory=dict, description="How often each gate was asked.")
     scheduled: dict[str, int] = Field(default_factory=dict, description="How often each phase was scheduled.")
     bake: list[dict[str, object]] = Field(default_factory=list, description="Samples taken during the bake.")

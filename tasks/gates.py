@@ -102,8 +102,11 @@ def record_decision(
             svc, state, "decision", f"gate:{gate}", actor=str(answer.get("approver")), detail={"refused": str(exc)}
         )
         raise
-    state.status = "running"
+    expiry, state.gate_expiry_run, state.status = state.gate_expiry_run, None, "running"
     svc.states.save(state)
+    if expiry:  # the gate was answered: its deadline run has nothing left to do
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(expiry, Cancelled(message=f"gate {gate} answered"), force=True)
     protocol.record(
         svc,
         state,

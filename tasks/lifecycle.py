@@ -156,6 +156,9 @@ def schedule_gate_expiry(request: RetirementRequest, retirement_id: str, key: st
         tags=[retirement_id],
         flow_run_name=f"retire {request.model} · gate deadline {key}",
     )
+    svc, state = load(request, retirement_id)
+    state.gate_expiry_run = str(run.id)
+    svc.states.save(state)
     return str(run.id)
 
 

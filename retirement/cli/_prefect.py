@@ -63,6 +63,7 @@ def ensure_server(settings: RetireSettings, port: int = 4200, timeout: float = 1
         },
     )
     (home / "prefect-server.pid").write_text(str(process.pid))
+    (home / "prefect-api-url").write_text(api)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -73,6 +74,28 @@ def ensure_server(settings: RetireSettings, port: int = 4200, timeout: float = 1
             return api, True
         time.sleep(0.5)
     raise PlatformUnavailableError("prefect", f"the Prefect server did not answer within {timeout:.0f} s")
+
+
+def use_server(settings: RetireSettings) -> str:
+    """Point this process at a Prefect server: PREFECT_API_URL, else the one `retire` started.
+
+    Without this, Prefect would start a throwaway in-process server, which is never what a
+    command that answers or starts a retirement wants.
+
+    Raises:
+        ConfigError: no server is configured or running.
+    """
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        return configured
+    recorded = settings.home.expanduser() / "prefect-api-url"
+    for api in ([recorded.read_text().strip()] if recorded.exists() else []) + [DEFAULT_API]:
+        if _healthy(api):
+            os.environ["PREFECT_API_URL"] = api
+            return api
+    raise ConfigError(
+        "no Prefect server: set PREFECT_API_URL, or start one with `retire server start` (or `retire demo`)"
+    )
 
 
 def stop_server(settings: RetireSettings) -> str:
@@ -87,6 +110,7 @@ def stop_server(settings: RetireSettings) -> str:
         pid_file.unlink()
         return f"the Prefect server (pid {pid}) was not running"
     pid_file.unlink()
+    (settings.home.expanduser() / "prefect-api-url").unlink(missing_ok=True)
     return f"stopped the Prefect server (pid {pid})"
 
 

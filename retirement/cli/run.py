@@ -133,8 +133,11 @@ def _start(args: argparse.Namespace) -> int:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
+    from retirement.cli._prefect import use_server
+
     request = _request(args)
     protocol.check_limits(request, services(request.platform, list(request.traffic_sources)))
+    use_server(RetireSettings())
     run: FlowRun = run_deployment(  # type: ignore[assignment]
         DEPLOYMENT, parameters={"request": request.model_dump(mode="json")}, timeout=0, as_subflow=False
     )
@@ -144,8 +147,9 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from retirement.cli._prefect import answer_gate
+    from retirement.cli._prefect import answer_gate, use_server
 
+    use_server(RetireSettings())
     answer: dict[str, Any] = {
         "decision": "reject" if args.reject else "approve",
         "approver": args.approver,
@@ -201,9 +205,10 @@ def _describe(state: RetirementState) -> str:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from retirement.cli._prefect import cancel_runs
+    from retirement.cli._prefect import cancel_runs, use_server
 
     settings = RetireSettings()
+    use_server(settings)
     state = StateStore(settings.state_dir).load(args.retirement_id)
     if state.status in ("done", "halted"):
         raise InputError("ID", f"retirement {state.id} is already {state.status}", "a running or waiting retirement")
@@ -229,8 +234,9 @@ def _check_deployments(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from retirement.cli._prefect import serve_all
+    from retirement.cli._prefect import serve_all, use_server
 
+    use_server(RetireSettings())
     serve_all()
     return 0
 
