@@ -555,6 +555,22 @@ def verify_idle(svc: Services, state: RetirementState, now: datetime) -> Traffic
     return report
 
 
+def traffic_movement(svc: Services, state: RetirementState) -> list[tuple[str, TrafficReport]]:
+    """Old and new version over a window before the cutover and the window after it: the move, shown.
+
+    For people only (the traffic table); verdicts here decide nothing.
+    """
+    new = state.request.replacement_ref
+    if state.cutover_at is None or state.window_end is None or new is None:
+        return []
+    length = state.window_end - state.cutover_at
+    spans = [
+        ("before cutover", state.cutover_at - length, state.cutover_at),
+        ("after cutover", state.cutover_at, state.window_end),
+    ]
+    return [(label, observe(svc.traffic, ref, start, end)) for label, start, end in spans for ref in (state.ref, new)]
+
+
 # --- phase 6: backup ------------------------------------------------------------------------------
 
 
@@ -666,6 +682,29 @@ def require_approval(state: RetirementState, gate: str) -> Approval:
     if gate == GATE_DELETION and approval.approver == state.request.requester:
         raise ApprovalError("the deletion gate was approved by the requester")
     return approval
+
+
+def deletion_brief(svc: Services, state: RetirementState) -> list[str]:
+    """What is true now, for the deletion gate (the dossier was written before the cutover)."""
+    lines = ["### Now", ""]
+    serving = svc.platform.serving
+    replacement = state.request.replacement_ref
+    if serving is not None and replacement is not None and not uses_manual_serving(svc, state.request):
+        lines.append(f"- production serves **{serving.production(replacement.model)}**")
+    if state.traffic:
+        last = state.traffic[-1]
+        lines.append(
+            f"- traffic to {state.ref} from {last.start:%Y-%m-%d %H:%M:%S} to {last.end:%H:%M:%S} UTC: "
+            f"**{last.verdict.value}** ({last.reason})"
+        )
+    blockers = svc.platform.registry.deletion_blockers(state.ref)
+    lines.append("- deletion blockers: " + ("; ".join(b.message for b in blockers) if blockers else "none"))
+    caps = svc.platform.registry.capabilities
+    if caps.not_exportable:
+        lines.append(f"- **the backup does not hold: {', '.join(caps.not_exportable)}**: deleting loses it for good")
+    if caps.cascade:
+        lines.append(f"- the delete also removes: {', '.join(caps.cascade)}")
+    return lines
 
 
 # --- phase 7: delete ------------------------------------------------------------------------------

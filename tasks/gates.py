@@ -47,8 +47,8 @@ def prepare_gate(
             f"To approve, type exactly **`{confirm}`** in *typed_reference*. "
             f"The requester ({request.requester}) cannot approve the deletion.",
         ]
-    if state.backup_location and gate == protocol.GATE_DELETION:
-        extra += ["", f"Backup (verified): `{state.backup_location}`"]
+    if gate == protocol.GATE_DELETION:
+        extra += ["", f"Backup (verified): `{state.backup_location}`", "", *protocol.deletion_brief(svc, state)]
     description = gate_markdown(title, what, state.dossier, extra)
     if answered is None and state.pending_gate != key:
         state.pending_gate, state.gate_run, state.status = key, flow_run.get_id(), "awaiting_approval"

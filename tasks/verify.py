@@ -18,15 +18,17 @@ def verify_idle(request: RetirementRequest, retirement_id: str) -> TrafficReport
     try:
         report = protocol.verify_idle(svc, state, utcnow())
     finally:
-        publish_traffic(retirement_id, svc.states.load(retirement_id).traffic)
+        state = svc.states.load(retirement_id)
+        publish_traffic(retirement_id, [("verdict", r) for r in state.traffic] + protocol.traffic_movement(svc, state))
     get_run_logger().info("verify-idle: %s (%s)", report.verdict.value, report.reason)
     return report
 
 
-def publish_traffic(retirement_id: str, reports: list[TrafficReport]) -> None:
-    """Every traffic sample taken so far, as a table in the UI."""
+def publish_traffic(retirement_id: str, reports: list[tuple[str, TrafficReport]]) -> None:
+    """Traffic samples as a table in the UI: the verdicts taken, and the move from old to new."""
     rows = [
         {
+            "what": label,
             "model": str(s.reference),
             "source": s.source,
             "start": s.start.isoformat(timespec="seconds"),
@@ -37,7 +39,7 @@ def publish_traffic(retirement_id: str, reports: list[TrafficReport]) -> None:
             "verdict": s.verdict.value,
             "detail": s.detail,
         }
-        for report in reports
+        for label, report in reports
         for s in report.samples
     ]
     if rows:

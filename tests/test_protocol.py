@@ -361,3 +361,26 @@ def test_cutover_window_waits_for_low_traffic_hours() -> None:
     assert (at - noon) == timedelta(hours=14)
     three = noon.replace(hour=3)
     assert protocol.next_cutover_time(request, three) == three
+
+
+def test_deletion_gate_shows_what_is_true_now(world: World) -> None:
+    state = _to_backup(world)
+    brief = "\n".join(protocol.deletion_brief(world.services, state))
+    assert "production serves **churn-model@2**" in brief
+    assert "**IDLE**" in brief
+    assert "deletion blockers: none" in brief
+    assert "the backup does not hold: serving logs" in brief
+
+
+def test_traffic_movement_shows_old_and_new_around_the_cutover(world: World) -> None:
+    state = _to_backup(world)
+    world.traffic.requests["churn-model@2"] = 7
+    moves = protocol.traffic_movement(world.services, state)
+    assert [(label, str(r.reference)) for label, r in moves] == [
+        ("before cutover", "churn-model@1"),
+        ("before cutover", "churn-model@2"),
+        ("after cutover", "churn-model@1"),
+        ("after cutover", "churn-model@2"),
+    ]
+    assert moves[0][1].end == state.cutover_at == moves[2][1].start
+    assert moves[3][1].verdict.value == "ACTIVE"
