@@ -1051,36 +1051,64 @@ class LocalRegistry:
     # -- Catalog port ----------------------------------------------------------------------------
 
     def list_versions(self) -> Iterator[CatalogEntry]:
-        """Every live version of every model, with its last lifecycle event."""
+        """Every live version of every model, with its last lifecycle event, by model name then version.
+
+        Reads one snapshot over one connection: five queries ordered by (model, version) whose rows
+        are merged as the versions are yielded, so memory does not grow with the catalogue.
+        """
         with self._read() as conn:
-            names = [r["name"] for r in conn.execute("SELECT name FROM models ORDER BY name")]
-            status: dict[tuple[str, int], tuple[str, float]] = {}
-            placeholders = ", ".join("?" for _ in _STATUS_EVENTS)
-            for r in conn.execute(
-                f"SELECT name, version, event, at FROM events WHERE event IN ({placeholders}) ORDER BY id",
+            conn.row_factory = None
+            conn.execute("BEGIN")
+            try:
+                yield from self._catalog_entries(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    def _catalog_entries(self, conn: sqlite3.Connection) -> Iterator[CatalogEntry]:
+        placeholders = ", ".join("?" for _ in _STATUS_EVENTS)
+        versions = conn.execute(
+            "SELECT v.name, v.version, v.created_at, v.stage, v.tags, v.active FROM versions AS v "
+            "JOIN models AS m ON m.name = v.name WHERE v.deleted_at IS NULL ORDER BY v.name, v.version"
+        )
+        sizes = _ByVersion(
+            conn.execute("SELECT name, version, SUM(size) FROM files GROUP BY name, version ORDER BY name, version")
+        )
+        aliases = _ByVersion(conn.execute("SELECT name, version, alias FROM aliases ORDER BY name, version, alias"))
+        consumers = _ByVersion(
+            conn.execute("SELECT name, version, consumer, detail FROM consumers ORDER BY name, version, consumer")
+        )
+        events = _ByVersion(
+            conn.execute(
+                f"SELECT name, version, event, at FROM events WHERE event IN ({placeholders}) "
+                "ORDER BY name, version, id",
                 _STATUS_EVENTS,
-            ):
-                status[(r["name"], r["version"])] = (r["event"], r["at"])
-            entries: list[CatalogEntry] = []
-            for name in names:
-                for info in self._version_infos(conn, name):
-                    event = status.get((name, int(info.version)))
-                    entries.append(
-                        CatalogEntry(
-                            reference=self._ref(name, info.version),
-                            created_at=info.created_at or datetime.now(UTC),
-                            stage=info.stage,
-                            status=event[0] if event else None,
-                            status_changed_at=_ts(event[1]) if event else None,
-                            aliases=info.aliases,
-                            tags=info.tags,
-                            size_bytes=info.size_bytes,
-                            active=info.active,
-                        )
+            )
+        )
+        for name, version, created_at, stage, tags, active in versions:
+            key = (name, version)
+            size = sizes.take(key)
+            status = events.take(key)
+            last = status[-1] if status else None
+            yield CatalogEntry(
+                reference=self._ref(name, version),
+                created_at=_ts(created_at),
+                stage=stage,
+                status=last[2] if last else None,
+                status_changed_at=_ts(last[3]) if last else None,
+                aliases=[r[2] for r in aliases.take(key)],
+                tags=json.loads(tags),
+                dependents=[
+                    Dependent(
+                        kind="consumer",
+                        name=consumer,
+                        detail=detail or f"declared consumer of {name}@{version}",
+                        movable=False,
                     )
-        for entry in entries:
-            yield entry.model_copy(
-                update={"dependents": [d for d in self.dependents(entry.reference) if d.kind != "alias"]}
+                    for _, _, consumer, detail in consumers.take(key)
+                ],
+                size_bytes=size[0][2] if size else 0,
+                active=bool(active),
             )
 
     # -- demo ------------------------------------------------------------------------------------
@@ -1300,6 +1328,25 @@ class LocalServing:
         name, version = self.registry._check_ref(to)
         previous = self.registry.set_alias(name, PRODUCTION, version)
         return None if previous is None else self.registry._ref(name, previous)
+
+
+class _ByVersion:
+    """The rows of one query ordered by (model name, version), taken forward one version at a time."""
+
+    def __init__(self, rows: Iterator[tuple[Any, ...]]) -> None:
+        self._rows = rows
+        self._next: tuple[Any, ...] | None = next(rows, None)
+
+    def take(self, key: tuple[str, int]) -> list[tuple[Any, ...]]:
+        """The rows of version ``key``; rows of earlier (deleted or unlisted) versions are skipped."""
+        found: list[tuple[Any, ...]] = []
+        row = self._next
+        while row is not None and (row[0], row[1]) <= key:
+            if row[0] == key[0] and row[1] == key[1]:
+                found.append(row)
+            row = next(self._rows, None)
+        self._next = row
+        return found
 
 
 def _p95(values: list[float]) -> float | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time as real_time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,9 @@ import pytest
 
 from retirement.cli import main
 from retirement.errors import ConflictError, DeletionBlockedError, InputError, NotFoundError
-from retirement.models import ModelRef
+from retirement.models import CatalogEntry, Dependent, ModelRef
 from retirement.platforms import get_platform
+from retirement.platforms import local as local_platform
 from retirement.platforms.base import Catalog, Registry
 from retirement.platforms.local import LocalRegistry
 
@@ -314,3 +317,205 @@ def test_cli_seed_list_and_delete(retire_home: Path, capsys: pytest.CaptureFixtu
     assert snapshot(root) == before
     assert main(["local", "delete", "churn-model@2", "--yes"]) == 0
     assert "gone: True" in capsys.readouterr().out
+
+
+# --- the catalogue the quarterly review reads ---------------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def day(n: int) -> datetime:
+    return T0 + timedelta(days=n)
+
+
+class Clock:
+    """The local platform's clock in these tests: every catalogue write is stamped with ``now``."""
+
+    def __init__(self) -> None:
+        self.now = T0.timestamp()
+
+    def at(self, n: int) -> None:
+        self.now = day(n).timestamp()
+
+    def time(self) -> float:
+        return self.now
+
+    perf_counter = staticmethod(real_time.perf_counter)
+    sleep = staticmethod(real_time.sleep)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(local_platform, "time", fake)
+    return fake
+
+
+def seed_catalogue(reg: LocalRegistry, clock: Clock) -> None:
+    """alpha: a production lineage 1 -> 2 (1 then deactivated), a staging 3, a deleted 4, a failed 5 and
+    experiments 6-11; beta: a reactivated 1 with a consumer and a deleted-then-restored 2; empty; gone."""
+    clock.at(0)
+    reg.create_model("alpha", tags={"team": "growth"})
+    clock.at(1)
+    reg.add_version("alpha", {"weights.bin": b"a" * 10, "config.json": b"{}"}, stage="production")
+    clock.at(2)
+    reg.set_alias("alpha", "production", "1")
+    clock.at(10)
+    reg.add_version("alpha", {"weights.bin": b"b" * 20}, tags={"framework": "pytorch"})
+    clock.at(20)
+    reg.set_alias("alpha", "production", "2")
+    clock.at(21)
+    reg.set_alias("alpha", "champion", "2")
+    clock.at(22)
+    reg.add_consumer(ref("alpha@2"), "billing-batch", "nightly scoring")
+    clock.at(23)
+    reg.add_consumer(ref("alpha@2"), "alerts")
+    clock.at(30)
+    reg.set_active(ref("alpha@1"), False)
+    clock.at(40)
+    reg.add_version("alpha", {"weights.bin": b"c" * 30}, stage="staging")
+    clock.at(41)
+    reg.set_alias("alpha", "staging", "3")
+    clock.at(50)
+    reg.add_version("alpha", {"weights.bin": b"d" * 40}, tags={"keep": "true"})
+    clock.at(60)
+    reg.delete(ref("alpha@4"))
+    clock.at(70)
+    reg.add_version("alpha", {"weights.bin": b"e" * 50}, stage="failed")
+    clock.at(71)
+    reg.set_tag(ref("alpha@5"), "keep", "false")
+    for v in range(6, 12):
+        clock.at(80 + v)
+        reg.add_version("alpha", {"weights.bin": b"f" * v}, stage="experiment")
+    clock.at(99)
+    reg.set_alias("alpha", "canary", "11")
+    clock.at(0)
+    reg.create_model("beta")
+    clock.at(3)
+    reg.add_version("beta", {"model.onnx": b"x" * 5})
+    clock.at(4)
+    reg.add_consumer(ref("beta@1"), "reporting")
+    clock.at(5)
+    reg.set_active(ref("beta@1"), False)
+    clock.at(6)
+    reg.set_active(ref("beta@1"), True)
+    clock.at(7)
+    reg.add_version("beta", {"model.onnx": b"y" * 6}, stage="archived")
+    clock.at(8)
+    reg.delete(ref("beta@2"))
+    clock.at(9)
+    reg.import_version(
+        ref("beta@2"), [("model.onnx", lambda: iter([b"y" * 6]))], metadata={"stage": "archived", "tags": {"r": "1"}}
+    )
+    reg.create_model("empty")
+    reg.create_model("gone")
+    clock.at(11)
+    reg.add_version("gone", {"w.bin": b"z"})
+    clock.at(12)
+    reg.delete(ref("gone@1"))
+
+
+def consumer(name: str, detail: str) -> Dependent:
+    return Dependent(kind="consumer", name=name, detail=detail, movable=False)
+
+
+def catalog_entry(text: str, created: int, size: int, **fields: Any) -> CatalogEntry:
+    return CatalogEntry(reference=ref(text), created_at=day(created), size_bytes=size, dependents=[], **fields)
+
+
+def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_path: Path, clock: Clock) -> None:
+    reg = LocalRegistry(tmp_path / "local")
+    seed_catalogue(reg, clock)
+    expected = [
+        catalog_entry(
+            "alpha@1",
+            1,
+            12,
+            stage="archived",
+            status="deactivated",
+            status_changed_at=day(30),
+            aliases=[],
+            tags={},
+            active=False,
+        ),
+        catalog_entry(
+            "alpha@2",
+            10,
+            20,
+            stage="production",
+            status="promoted",
+            status_changed_at=day(20),
+            aliases=["champion", "production"],
+            tags={"framework": "pytorch"},
+            active=True,
+        ).model_copy(
+            update={
+                "dependents": [
+                    consumer("alerts", "declared consumer of alpha@2"),
+                    consumer("billing-batch", "nightly scoring"),
+                ]
+            }
+        ),
+        catalog_entry(
+            "alpha@3",
+            40,
+            30,
+            stage="staging",
+            status="staged",
+            status_changed_at=day(41),
+            aliases=["staging"],
+            tags={},
+            active=True,
+        ),
+        catalog_entry(
+            "alpha@5",
+            70,
+            50,
+            stage="failed",
+            status=None,
+            status_changed_at=None,
+            aliases=[],
+            tags={"keep": "false"},
+            active=True,
+        ),
+        *[
+            catalog_entry(
+                f"alpha@{v}",
+                80 + v,
+                v,
+                stage="experiment",
+                status=None,
+                status_changed_at=None,
+                aliases=["canary"] if v == 11 else [],
+                tags={},
+                active=True,
+            )
+            for v in range(6, 12)
+        ],
+        catalog_entry(
+            "beta@1",
+            3,
+            5,
+            stage=None,
+            status="reactivated",
+            status_changed_at=day(6),
+            aliases=[],
+            tags={},
+            active=True,
+        ).model_copy(update={"dependents": [consumer("reporting", "declared consumer of beta@1")]}),
+        catalog_entry(
+            "beta@2",
+            9,
+            6,
+            stage="archived",
+            status="restored",
+            status_changed_at=day(9),
+            aliases=[],
+            tags={"r": "1"},
+            active=True,
+        ),
+    ]
+    listed = list(reg.list_versions())
+    assert [str(e.reference) for e in listed] == [str(e.reference) for e in expected]
+    assert [e.model_dump(mode="json") for e in listed] == [e.model_dump(mode="json") for e in expected]
+    assert listed == expected
