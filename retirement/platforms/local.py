@@ -143,8 +143,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_version ON events (name, version, id);
 """
 
-# Events that count as a lifecycle status in the retention review (creation is not one).
-_STATUS_EVENTS = ("promoted", "superseded", "staged", "deactivated", "reactivated", "restored")
+# Events that count as a version's lifecycle status in the retention review. Deactivation is not
+# one (CatalogEntry.active carries it); a restore starts the version afresh, so what happened to
+# it before it was deleted no longer counts.
+_STATUS_EVENTS = ("promoted", "superseded", "rejected", "failed")
+_RESTORED = "restored"
 
 
 class LocalFile(BaseModel):
@@ -478,6 +481,8 @@ class LocalRegistry:
                     [(name, version, r.path, r.size, r.sha256) for r in records],
                 )
                 self._event(conn, name, version, event)
+                if stage == "failed" and event == "created":
+                    self._event(conn, name, version, "failed", "added with stage failed")
                 target = self._version_dir(name, str(version))
                 if target.exists():
                     # Left over from a delete that crashed after removing the catalogue row's files.
@@ -638,7 +643,7 @@ class LocalRegistry:
 
         Moving ``production`` records ``promoted`` / ``superseded`` events and updates the stage
         (the new version becomes ``production``, the old one ``archived``); moving ``staging``
-        records ``staged``.
+        records ``staged``, and ``rejected`` for the version it leaves unless that one was promoted.
 
         Raises:
             InputError: a name is not allowed.
@@ -674,10 +679,25 @@ class LocalRegistry:
                     )
             elif alias == STAGING:
                 self._event(conn, name, version, "staged", f"alias staging (was {previous or 'unset'})")
+                if previous is not None:
+                    self._reject_unless_promoted(conn, name, previous, f"alias staging moved to {version}")
         return previous
+
+    @classmethod
+    def _reject_unless_promoted(cls, conn: sqlite3.Connection, name: str, version: str, detail: str) -> None:
+        """Record ``rejected`` for a version leaving staging, unless it was promoted since it was staged."""
+        last = conn.execute(
+            "SELECT event FROM events WHERE name = ? AND version = ? AND event IN ('staged', 'promoted') "
+            "ORDER BY id DESC LIMIT 1",
+            (name, int(version)),
+        ).fetchone()
+        if last is None or last["event"] != "promoted":
+            cls._event(conn, name, version, "rejected", detail)
 
     def remove_alias(self, name: str, alias: str) -> None:
         """Remove ``alias`` from model ``name``.
+
+        Removing ``staging`` records ``rejected`` for its version unless that version was promoted.
 
         Raises:
             NotFoundError: the model or the alias does not exist.
@@ -686,8 +706,12 @@ class LocalRegistry:
         check_alias(alias)
         with self._write() as conn:
             self._model_row(conn, name)
-            if conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias)).rowcount == 0:
+            row = conn.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+            if row is None:
                 raise NotFoundError(f"local: model {name!r} has no alias {alias!r}")
+            conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            if alias == STAGING:
+                self._reject_unless_promoted(conn, name, str(row["version"]), "alias staging removed")
 
     def aliases(self, name: str) -> dict[str, str]:
         """Alias -> version of model ``name``."""
@@ -1051,7 +1075,11 @@ class LocalRegistry:
     # -- Catalog port ----------------------------------------------------------------------------
 
     def list_versions(self) -> Iterator[CatalogEntry]:
-        """Every live version of every model, with its last lifecycle event, by model name then version.
+        """Every live version of every model, by model name then version.
+
+        ``status`` is the version's last lifecycle event that matters to retention (promoted,
+        superseded, rejected, failed) since it was created or restored; ``active`` says whether
+        it is deactivated.
 
         Reads one snapshot over one connection: five queries ordered by (model, version) whose rows
         are merged as the versions are yielded, so memory does not grow with the catalogue.
@@ -1066,7 +1094,8 @@ class LocalRegistry:
                     conn.execute("ROLLBACK")
 
     def _catalog_entries(self, conn: sqlite3.Connection) -> Iterator[CatalogEntry]:
-        placeholders = ", ".join("?" for _ in _STATUS_EVENTS)
+        statuses = (*_STATUS_EVENTS, _RESTORED)
+        placeholders = ", ".join("?" for _ in statuses)
         versions = conn.execute(
             "SELECT v.name, v.version, v.created_at, v.stage, v.tags, v.active FROM versions AS v "
             "JOIN models AS m ON m.name = v.name WHERE v.deleted_at IS NULL ORDER BY v.name, v.version"
@@ -1082,14 +1111,15 @@ class LocalRegistry:
             conn.execute(
                 f"SELECT name, version, event, at FROM events WHERE event IN ({placeholders}) "
                 "ORDER BY name, version, id",
-                _STATUS_EVENTS,
+                statuses,
             )
         )
         for name, version, created_at, stage, tags, active in versions:
             key = (name, version)
             size = sizes.take(key)
-            status = events.take(key)
-            last = status[-1] if status else None
+            last = None
+            for event in events.take(key):
+                last = None if event[2] == _RESTORED else event
             yield CatalogEntry(
                 reference=self._ref(name, version),
                 created_at=_ts(created_at),

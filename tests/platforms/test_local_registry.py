@@ -18,6 +18,8 @@ from retirement.platforms import get_platform
 from retirement.platforms import local as local_platform
 from retirement.platforms.base import Catalog, Registry
 from retirement.platforms.local import LocalRegistry
+from retirement.policy import Policy
+from retirement.review import run_review
 
 
 def ref(text: str) -> ModelRef:
@@ -432,8 +434,8 @@ def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_p
             1,
             12,
             stage="archived",
-            status="deactivated",
-            status_changed_at=day(30),
+            status="superseded",
+            status_changed_at=day(20),
             aliases=[],
             tags={},
             active=False,
@@ -461,8 +463,8 @@ def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_p
             40,
             30,
             stage="staging",
-            status="staged",
-            status_changed_at=day(41),
+            status=None,
+            status_changed_at=None,
             aliases=["staging"],
             tags={},
             active=True,
@@ -472,8 +474,8 @@ def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_p
             70,
             50,
             stage="failed",
-            status=None,
-            status_changed_at=None,
+            status="failed",
+            status_changed_at=day(70),
             aliases=[],
             tags={"keep": "false"},
             active=True,
@@ -497,8 +499,8 @@ def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_p
             3,
             5,
             stage=None,
-            status="reactivated",
-            status_changed_at=day(6),
+            status=None,
+            status_changed_at=None,
             aliases=[],
             tags={},
             active=True,
@@ -508,8 +510,8 @@ def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_p
             9,
             6,
             stage="archived",
-            status="restored",
-            status_changed_at=day(9),
+            status=None,
+            status_changed_at=None,
             aliases=[],
             tags={"r": "1"},
             active=True,
@@ -519,3 +521,99 @@ def test_the_catalogue_lists_every_live_version_with_what_the_review_needs(tmp_p
     assert [str(e.reference) for e in listed] == [str(e.reference) for e in expected]
     assert [e.model_dump(mode="json") for e in listed] == [e.model_dump(mode="json") for e in expected]
     assert listed == expected
+
+
+def decisions(reg: LocalRegistry, now: datetime) -> dict[str, tuple[str, str | None]]:
+    report = run_review({"local": reg}, Policy.default(), now=now)
+    return {str(d.reference): (d.outcome, d.rule) for d in report.decisions}
+
+
+def test_a_deactivated_old_production_version_stays_superseded_and_the_review_selects_it(
+    tmp_path: Path, clock: Clock
+) -> None:
+    reg = LocalRegistry(tmp_path / "local")
+    reg.create_model("churn")
+    for v in (1, 2, 3):
+        clock.at(10 * v)
+        reg.add_version("churn", {"weights.bin": b"w" * v})
+        reg.set_alias("churn", "production", str(v))
+    clock.at(40)
+    reg.set_active(ref("churn@1"), False)
+
+    old = next(e for e in reg.list_versions() if e.reference == ref("churn@1"))
+    assert (old.status, old.status_changed_at, old.active) == ("superseded", day(20), False)
+    assert decisions(reg, day(200)) == {
+        "churn@1": ("candidate", "#40 superseded_production"),
+        "churn@2": ("protected", "#30 keep_recent_production"),
+        "churn@3": ("protected", "#20 protect_in_use"),
+    }
+
+
+def test_a_staging_version_that_leaves_staging_unpromoted_is_rejected(tmp_path: Path, clock: Clock) -> None:
+    reg = LocalRegistry(tmp_path / "local")
+    reg.create_model("churn")
+    clock.at(1)
+    for _ in range(3):
+        reg.add_version("churn", {"weights.bin": b"w"}, stage="staging")
+    clock.at(2)
+    reg.set_alias("churn", "staging", "1")
+    clock.at(3)
+    reg.remove_alias("churn", "staging")  # 1 removed from staging: rejected
+    clock.at(4)
+    reg.set_alias("churn", "staging", "2")
+    clock.at(5)
+    reg.set_alias("churn", "staging", "3")  # staging moved off 2: rejected
+    clock.at(6)
+    reg.set_alias("churn", "production", "3")
+    clock.at(7)
+    reg.remove_alias("churn", "staging")  # 3 was promoted: not rejected
+
+    statuses = {e.reference.version: (e.stage, e.status, e.status_changed_at) for e in reg.list_versions()}
+    assert statuses == {
+        "1": ("staging", "rejected", day(3)),
+        "2": ("staging", "rejected", day(5)),
+        "3": ("production", "promoted", day(6)),
+    }
+    assert decisions(reg, day(100)) == {
+        "churn@1": ("candidate", "#50 staging_resolved"),
+        "churn@2": ("candidate", "#50 staging_resolved"),
+        "churn@3": ("protected", "#20 protect_in_use"),
+    }
+    assert decisions(reg, day(20)) == {
+        "churn@1": ("kept", None),
+        "churn@2": ("kept", None),
+        "churn@3": ("protected", "#20 protect_in_use"),
+    }
+
+
+def test_a_version_added_with_stage_failed_has_status_failed(tmp_path: Path, clock: Clock) -> None:
+    reg = LocalRegistry(tmp_path / "local")
+    reg.create_model("vision")
+    clock.at(1)
+    reg.add_version("vision", {"weights.bin": b"w"}, stage="failed")
+    reg.add_version("vision", {"weights.bin": b"w"}, stage="experiment")
+
+    statuses = {e.reference.version: (e.status, e.status_changed_at) for e in reg.list_versions()}
+    assert statuses == {"1": ("failed", day(1)), "2": (None, None)}
+    assert decisions(reg, day(40)) == {"vision@1": ("candidate", "#60 failed_experiments"), "vision@2": ("kept", None)}
+
+
+def test_a_restored_version_is_not_selected_again_for_what_happened_before_it_was_deleted(
+    tmp_path: Path, clock: Clock
+) -> None:
+    reg = LocalRegistry(tmp_path / "local")
+    reg.create_model("churn")
+    for v in (1, 2, 3):
+        clock.at(10 * v)
+        reg.add_version("churn", {"weights.bin": b"w" * v})
+        reg.set_alias("churn", "production", str(v))
+    saved = [(i.path, b"".join(i.open())) for i in reg.export(ref("churn@1"))]
+    clock.at(150)
+    assert decisions(reg, day(150))["churn@1"] == ("candidate", "#40 superseded_production")
+    reg.delete(ref("churn@1"))
+    clock.at(160)
+    reg.import_version(ref("churn@1"), [(path, lambda data=data: iter([data])) for path, data in saved])
+
+    restored = next(e for e in reg.list_versions() if e.reference == ref("churn@1"))
+    assert (restored.status, restored.status_changed_at, restored.active) == (None, None, True)
+    assert decisions(reg, day(170))["churn@1"] == ("kept", None)
