@@ -88,7 +88,7 @@ def seed_local(root: Path, n: int) -> LocalRegistry:
             versions.append((name, v, created, r["stage"], json.dumps(r["tags"])))
             files.append((name, v, "weights.bin", r["size"], "0" * 64))
             aliases += [(name, a, v, created) for a in r["aliases"]]
-            if r["status"] in ("superseded", "promoted"):
+            if r["status"]:  # superseded, promoted, rejected, failed: what the local platform records
                 events.append((name, v, r["status"], r["status_at"].timestamp()))
             if r["consumer"]:
                 consumers.append((name, v, r["consumer"], created))
