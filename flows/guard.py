@@ -37,5 +37,6 @@ def one_retirement_per_model(request: RetirementRequest, retirement_id: str) -> 
     except TimeoutError:
         raise ConflictError(
             f"another run is working on {request.ref} right now (concurrency limit {name}); "
-            f"this run of {retirement_id} did nothing"
+            f"this run of {retirement_id} did nothing. A run whose process was killed holds the limit "
+            "until its lease expires (5 minutes); retry after that"
         ) from None

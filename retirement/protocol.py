@@ -507,9 +507,10 @@ def complete_interrupted_rollback(svc: Services, state: RetirementState) -> bool
 
 
 def open_window(svc: Services, state: RetirementState, now: datetime) -> datetime:
-    """Start the traffic window at the cutover (or now); returns when it ends."""
+    """Start the traffic window a grace period after the cutover (or now); returns when it ends."""
     if state.window_start is None:
-        state.window_start = state.cutover_at or now
+        grace = timedelta(seconds=svc.settings.cutover_grace_seconds)
+        state.window_start = state.cutover_at + grace if state.cutover_at else now
         state.window_end = state.window_start + timedelta(hours=state.request.traffic_window_hours)
         svc.states.save(state)
         record(
@@ -523,7 +524,12 @@ def open_window(svc: Services, state: RetirementState, now: datetime) -> datetim
     return state.window_end
 
 
-def verify_idle(svc: Services, state: RetirementState, now: datetime) -> TrafficReport:
+def verify_idle(
+    svc: Services,
+    state: RetirementState,
+    now: datetime,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TrafficReport:
     """Phase 5: zero requests over the WHOLE window from every source, and no dependent left.
 
     Raises:
@@ -531,8 +537,11 @@ def verify_idle(svc: Services, state: RetirementState, now: datetime) -> Traffic
     """
     if state.window_start is None or state.window_end is None:
         raise SafetyError("verify-idle ran before the traffic window was opened")
-    if now < state.window_end:
+    early = (state.window_end - now).total_seconds()
+    if early > 120:
         raise SafetyError(f"the traffic window ends at {state.window_end.isoformat()}; it is {now.isoformat()}")
+    if early > 0:  # a scheduled run may start a moment before its time: wait for the window to end
+        sleep(early)
     report = observe(svc.traffic, state.ref, state.window_start, state.window_end)
     state.traffic.append(report)
     svc.states.save(state)

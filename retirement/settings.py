@@ -36,6 +36,13 @@ class RetireSettings(BaseSettings):
         description="The shortest traffic window a run may ask for (hours). Only the operator lowers it "
         "(e.g. 0 on a demo machine); a run parameter cannot.",
     )
+    cutover_grace_seconds: float = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="The traffic window starts this long after the cutover, so requests in flight at the switch "
+        "and a traffic source's sampling step (a Prometheus scrape) do not count against the old model.",
+    )
     gate_poll_seconds: int = Field(
         default=5,
         ge=1,

@@ -181,6 +181,17 @@ def test_verify_idle_refuses_before_the_window_ends(world: World) -> None:
         protocol.verify_idle(svc, state, utcnow())
 
 
+def test_verify_idle_started_a_moment_early_waits_for_the_end_of_the_window(world: World) -> None:
+    svc = world.services
+    state = protocol.open_retirement(svc, _request(), None)
+    protocol.cutover(svc, state, utcnow())
+    end = protocol.open_window(svc, state, utcnow())
+    waited: list[float] = []
+    protocol.verify_idle(svc, state, end - timedelta(seconds=2), sleep=waited.append)
+    assert waited == [2.0]
+    assert world.traffic.asked[-1][2] == end  # still asked about the whole window
+
+
 def test_no_traffic_source_is_nodata_never_idle(world: World) -> None:
     svc = world.services
     svc.traffic = []
@@ -384,3 +395,13 @@ def test_traffic_movement_shows_old_and_new_around_the_cutover(world: World) -> 
     ]
     assert moves[0][1].end == state.cutover_at == moves[2][1].start
     assert moves[3][1].verdict.value == "ACTIVE"
+
+
+def test_traffic_window_starts_a_grace_after_the_cutover_and_stays_whole(world: World) -> None:
+    world.services.settings.cutover_grace_seconds = 90
+    state = protocol.open_retirement(world.services, _request(traffic_window_hours=2), None)
+    protocol.cutover(world.services, state, utcnow())
+    end = protocol.open_window(world.services, state, utcnow())
+    assert state.cutover_at is not None and state.window_start is not None
+    assert state.window_start - state.cutover_at == timedelta(seconds=90)
+    assert end - state.window_start == timedelta(hours=2)

@@ -15,7 +15,7 @@ import httpx
 
 from retirement import protocol
 from retirement.bootstrap import services
-from retirement.errors import ConflictError, InputError, NotFoundError, SafetyError
+from retirement.errors import ConfigError, ConflictError, InputError, NotFoundError, SafetyError
 from retirement.ledger import Ledger
 from retirement.models import RetirementRequest
 from retirement.render import dossier_markdown
@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--port", type=int, default=4200, help="Port of the local Prefect server.")
     demo.add_argument("--stop-server", action="store_true", help="Stop the Prefect server at the end if started here.")
     demo.add_argument("--timeout", type=float, default=900, help="Give up after this many seconds.")
+    demo.add_argument(
+        "--prometheus", action="store_true", help="Also observe traffic through a Prometheus scraping the gateway."
+    )
     demo.set_defaults(func=_demo)
 
 
@@ -265,6 +268,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     # Windows of seconds: this machine allows it for the demo only (a run parameter never could).
     os.environ["RETIRE_MIN_TRAFFIC_WINDOW_HOURS"] = "0"
+    os.environ["RETIRE_CUTOVER_GRACE_SECONDS"] = "3"
     settings = RetireSettings()
     say = _Say()
     api, started = ensure_server(settings, args.port)
@@ -281,6 +285,19 @@ def _demo(args: argparse.Namespace) -> int:
     traffic.start()
     say(f"steady traffic on {old.name}@production (5 requests/s)")
 
+    sources = ["local"]
+    prometheus = None
+    if args.prometheus:
+        prometheus, prometheus_url = _start_prometheus(settings)
+        os.environ.update(
+            {
+                "RETIRE_PROMETHEUS_URL": prometheus_url,
+                "RETIRE_PROMETHEUS_MAX_SCRAPE_GAP_SECONDS": "5",
+                "RETIRE_PROMETHEUS_STEP_SECONDS": "2",
+            }
+        )
+        sources.append("prometheus")
+        say(f"Prometheus at {prometheus_url} scraping the gateway every second")
     server = subprocess.Popen(
         [sys.executable, "-m", "retirement", "serve"],
         env=os.environ.copy(),
@@ -302,6 +319,7 @@ def _demo(args: argparse.Namespace) -> int:
             monitor_days=20 / 86400,
             monitor_interval_hours=10 / 3600,
             backup_retention_days=30,
+            traffic_sources=sources,
         )
         run_id = _trigger(request)
         say(f"retirement started: {ui}/flow-runs/flow-run/{run_id}")
@@ -320,6 +338,9 @@ def _demo(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         gateway.stop()
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(timeout=20)
         if started and args.stop_server:
             stop_server(settings)
     print()
@@ -351,6 +372,47 @@ def _start_gateway(settings: RetireSettings, gateway_cls: Any) -> Any:
     return gateway_cls(settings, settings.gateway_port).start()
 
 
+def _start_prometheus(settings: RetireSettings) -> tuple[subprocess.Popen[bytes], str]:
+    """A Prometheus on 127.0.0.1 scraping the local gateway every second (Debian's `prometheus`)."""
+    import shutil
+    import socket
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise ConfigError("`prometheus` is not installed (Debian: apt-get install prometheus)")
+    folder = settings.home.expanduser() / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = settings.gateway_url.removeprefix("http://")
+    (folder / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 900ms}\n"
+        f"scrape_configs:\n  - job_name: retire-gateway\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "prometheus.log", "ab"),  # noqa: SIM115
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise ConfigError(f"Prometheus did not become ready; see {folder / 'prometheus.log'}")
+
+
 def _trigger(request: RetirementRequest) -> str:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
@@ -376,6 +438,9 @@ def _wait(settings: RetireSettings, run_id: str, timeout: float, paused: Any, sa
     state: RetirementState | None = None
     while time.monotonic() < deadline:
         state = states.by_flow_run(run_id) or state
+        failed = _failed_run([run_id, *(state.flow_runs if state else [])])
+        if failed is not None and (state is None or state.status not in ("done", "halted")):
+            raise SafetyError(f"flow run {failed.name} ended {failed.state.name}: {failed.state.message}")
         if state is not None:
             here = (state.phase.value, state.status)
             if here != seen:
@@ -393,10 +458,30 @@ def _wait(settings: RetireSettings, run_id: str, timeout: float, paused: Any, sa
                         answer["typed_reference"] = str(state.ref)
                     from retirement.cli._prefect import answer_gate
 
-                    say(f"approving {answer_gate(str(run.id), answer)} as {DEMO_APPROVER}")
+                    try:
+                        gate = answer_gate(str(run.id), answer)
+                    except InputError as exc:  # the gate's form is saved a moment after the run pauses
+                        if "schema not found" in str(exc):
+                            continue
+                        raise
+                    say(f"approving {gate} as {DEMO_APPROVER}")
                     answered.add(key)
         time.sleep(1)
     raise SafetyError(f"the demo retirement did not finish within {timeout:.0f} s (see `retire status`)")
+
+
+def _failed_run(flow_run_ids: list[str]) -> Any:
+    """The first of these runs that failed or crashed, if any."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in set(flow_run_ids)]))
+        )
+    return next((r for r in runs if r.state is not None and (r.state.is_failed() or r.state.is_crashed())), None)
 
 
 def _summary(settings: RetireSettings, state: RetirementState, traffic: dict[str, dict[str, int]]) -> str:

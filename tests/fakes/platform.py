@@ -216,7 +216,7 @@ def make_world(home: Path) -> World:
     old = registry.add(ModelRef(platform="local", name="churn-model", version="1"))
     new = registry.add(ModelRef(platform="local", name="churn-model", version="2"))
     serving.prod["churn-model"] = old
-    settings = RetireSettings(home=home, min_traffic_window_hours=0, gate_poll_seconds=1)
+    settings = RetireSettings(home=home, min_traffic_window_hours=0, gate_poll_seconds=1, cutover_grace_seconds=0)
     services = Services(
         settings=settings,
         platform=Platform(name="local", registry=registry, serving=serving, traffic=traffic),  # type: ignore[arg-type]
