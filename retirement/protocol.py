@@ -404,7 +404,9 @@ def cutover(svc: Services, state: RetirementState, now: datetime) -> str:
             detail={"from": before.model_dump(mode="json") if before else None, "to": str(replacement)},
         )
     state.previous_production = before
-    serving.switch(replacement)
+    # After a crash the switch may already be done: never send it twice.
+    if interrupted is None or serving.production(replacement.model) != replacement:
+        serving.switch(replacement, replacing=before or state.ref)
     # Asked about the replacement's model: on platforms whose unit is the model (Selise), the old
     # model has no production once its consumers moved.
     current = serving.production(replacement.model)
@@ -484,7 +486,7 @@ def rollback(svc: Services, state: RetirementState, reason: str) -> None:
         return
     if _intent_without_outcome(svc, state, "rollback") is None:
         record(svc, state, "intent", "rollback", detail={"to": str(target), "reason": reason})
-    serving.switch(target)
+    serving.switch(target, replacing=state.request.replacement_ref)
     current = serving.production(target.model)
     if current != target:
         raise SafetyError(f"rollback to {target} did not take: production answers {current}")

@@ -23,6 +23,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.prefect_server
+@pytest.mark.timeout(900)
 def test_demo_auto_approve_retires_the_old_version(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RETIRE_"))}

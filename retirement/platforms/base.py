@@ -103,8 +103,14 @@ class Serving(Protocol):
         """The version currently serving production for ``model``, if any."""
         ...
 
-    def switch(self, to: ModelRef) -> ModelRef | None:
-        """Point production at ``to``; return what it replaced (for rollback). Idempotent."""
+    def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:
+        """Point production at ``to``; return what it replaced (for rollback). Idempotent.
+
+        Args:
+            to: the version that serves production from now on.
+            replacing: the version it takes over from, where the platform needs it to know what to
+                move (Selise moves the agents of ``replacing``); versioned registries ignore it.
+        """
         ...
 
 

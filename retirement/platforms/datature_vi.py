@@ -623,7 +623,7 @@ class DatatureViServing:
         run, ckpt = deployment_target(self._api.deployment(dep_id))
         return None if run is None else ModelRef(platform=PLATFORM, name=run, version=ckpt)
 
-    def switch(self, to: ModelRef) -> ModelRef | None:
+    def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:
         """PATCH the production deployment to ``to``; return what it served before. Idempotent."""
         return self._point(self._need(self.production_deployment, "RETIRE_DATATURE_VI_PRODUCTION_DEPLOYMENT"), to)
 

@@ -1353,7 +1353,7 @@ class LocalServing:
         version = self.registry.aliases(name).get(PRODUCTION)
         return None if version is None else self.registry._ref(name, version)
 
-    def switch(self, to: ModelRef) -> ModelRef | None:
+    def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:
         """Point ``production`` at ``to``; return the version it pointed at before (``to`` itself if unchanged)."""
         name, version = self.registry._check_ref(to)
         previous = self.registry.set_alias(name, PRODUCTION, version)

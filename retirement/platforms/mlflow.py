@@ -568,7 +568,7 @@ class MlflowServing:
         version = self._api.alias_version(model.name, self.production_alias)
         return None if version is None else ModelRef(platform=PLATFORM, name=model.name, version=version)
 
-    def switch(self, to: ModelRef) -> ModelRef | None:
+    def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:
         """Move the production alias to ``to``; return the version it pointed at before (None if unset)."""
         _check_ref(to, version_required=True)
         self._api.version(to.name, str(to.version))

@@ -563,7 +563,7 @@ class ReplicateServing(_ReplicateBase):
         owner, name = split_slug(f"{deployment.get('owner')}/{deployment.get('name')}", "deployment")
         self._send("PATCH", f"deployments/{owner}/{name}", json={"version": version})
 
-    def switch(self, to: ModelRef) -> ModelRef | None:
+    def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:
         """Point the production deployment at ``to``; return the version it ran before (for rollback).
 
         Raises:

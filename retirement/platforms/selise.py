@@ -611,7 +611,7 @@ class SeliseServing:
         target_id = _check_ref(to)
         target = self.api.model(target_id)
         agents = self.api.agents()
-        if self._last is not None and replacing is None and to == self._last[0]:
+        if self._last is not None and to == self._last[0] and replacing in (None, self._last[1]):
             # Rollback: move back exactly the agents the last switch moved.
             _, moved_to, ids = self._last
             moving = [a for a in agents if a.id in ids and a.uses(moved_to.name, None)]

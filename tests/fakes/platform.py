@@ -134,7 +134,7 @@ class FakeServing:
     def production(self, model: ModelRef) -> ModelRef | None:
         return self.prod.get(model.name)
 
-    def switch(self, to: ModelRef) -> ModelRef | None:
+    def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:
         before = self.prod.get(to.name)
         self.prod[to.name] = to
         self.switches.append(str(to))

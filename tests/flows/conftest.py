@@ -13,7 +13,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
+    temporary_settings,
+)
 from prefect.testing.utilities import prefect_test_harness
 
 import tasks._context
@@ -28,7 +32,10 @@ Answer = dict[str, Any] | Callable[[], dict[str, Any]]
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """A temporary Prefect server (SQLite) for the whole session."""
-    with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # The task-run recorder is a second writer on the server's SQLite file; under load its bulk inserts hold
+    # the write lock long enough to stall API calls. Nothing here reads what it records.
+    quiet = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False}
+    with temporary_settings(quiet), prefect_test_harness(server_startup_timeout=90):
         yield
 
 
@@ -68,7 +75,10 @@ class Driver:
         result: dict[str, Any] = {}
 
         def target() -> None:
-            result["state"] = retire_model(request=request, phase=phase, retirement_id=rid, return_state=True)
+            try:
+                result["state"] = retire_model(request=request, phase=phase, retirement_id=rid, return_state=True)
+            except BaseException as exc:  # a simulated kill of the process
+                result["state"] = exc
 
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
@@ -94,10 +104,15 @@ class Driver:
         return result["state"]
 
     def run(
-        self, request: RetirementRequest, answers: dict[str, list[Answer]], max_legs: int = 10
+        self,
+        request: RetirementRequest,
+        answers: dict[str, list[Answer]],
+        max_legs: int = 10,
+        start: tuple[Phase, str] | None = None,
     ) -> tuple[Any, RetirementState]:
         """Every leg until the retirement ends or stops scheduling; returns the last flow state and the retirement."""
-        phase, rid = Phase.DOCUMENT, None
+        phase: Phase = start[0] if start else Phase.DOCUMENT
+        rid: str | None = start[1] if start else None
         for _ in range(max_legs):
             flow_state = self.run_leg(request, phase, rid, answers)
             states = self.world.services.states.all()

@@ -154,3 +154,52 @@ def test_unanswered_gate_times_out_and_halts(world: World, driver: Driver) -> No
     assert "approval gate approve-plan timed out" in retirement.status_reason
     assert world.serving.prod["churn-model"] == world.old
     assert world.notifier.statuses()[-1] == "document:halted"
+
+
+class Killed(BaseException):
+    """The process dies: nothing after this point of the run happens."""
+
+
+def test_killed_right_after_the_delete_call_resumes_without_a_second_delete(world: World, driver: Driver) -> None:
+    from retirement.models import Phase
+
+    real_delete = world.registry.delete
+
+    def delete_then_die(ref: Any) -> Any:
+        real_delete(ref)
+        raise Killed
+
+    world.registry.delete = delete_then_die  # type: ignore[method-assign]
+    request = _request()
+    crashed, state = driver.run(request, _answers())
+    assert isinstance(crashed, Killed)
+    assert state.receipt is None and not world.registry.exists(world.old)
+    world.registry.delete = real_delete  # type: ignore[method-assign]
+    resumed = driver.run_leg(request, Phase.DELETE, state.id, {})
+    assert resumed.is_completed()
+    assert [c for c in world.registry.calls if c[0] == "delete"] == [("delete", "churn-model@1")]
+    final = world.services.states.load(state.id)
+    assert final.receipt is not None and final.receipt.verified_gone and final.status == "done"
+
+
+def test_killed_right_after_the_switch_resumes_without_a_second_switch(world: World, driver: Driver) -> None:
+    from retirement.models import Phase
+
+    real_switch = world.serving.switch
+
+    def switch_then_die(to: Any, *, replacing: Any = None) -> Any:
+        real_switch(to, replacing=replacing)
+        raise Killed
+
+    world.serving.switch = switch_then_die  # type: ignore[method-assign]
+    request = _request()
+    crashed, state = driver.run(request, _answers())
+    assert isinstance(crashed, Killed)
+    assert state.cutover_at is None and world.serving.prod["churn-model"] == world.new
+    world.serving.switch = real_switch  # type: ignore[method-assign]
+    _, final = driver.run(
+        request, _answers(**{"approve-plan": [], "approve-cutover": []}), start=(Phase.CUTOVER, state.id)
+    )
+    assert world.serving.switches == ["churn-model@2"]
+    assert final.previous_production == world.old  # the rollback target survived the crash
+    assert final.status == "done" and not world.registry.exists(world.old)
