@@ -216,10 +216,10 @@ class _BoundedJitter(Jitter):
         return duration + random.random() * self.scale  # noqa: S311 - jitter, not security
 
 
-class _CountingRateLimit(RateLimitErrorRetryHandler):
-    def __init__(self, attempts: _Attempts, max_retry_count: int) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self._attempts = attempts
+class _CountsAttempts(RetryHandler):
+    """Counts every retry a handler decides on, so the receipt can say how many attempts were made."""
+
+    _attempts: _Attempts
 
     def prepare_for_next_attempt(
         self,
@@ -233,7 +233,13 @@ class _CountingRateLimit(RateLimitErrorRetryHandler):
         super().prepare_for_next_attempt(state=state, request=request, response=response, error=error)
 
 
-class _CountingServerError(ServerErrorRetryHandler):
+class _CountingRateLimit(_CountsAttempts, RateLimitErrorRetryHandler):
+    def __init__(self, attempts: _Attempts, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self._attempts = attempts
+
+
+class _CountingServerError(_CountsAttempts, ServerErrorRetryHandler):
     def __init__(self, attempts: _Attempts, max_retry_count: int, backoff: float) -> None:
         super().__init__(max_retry_count, BackoffRetryIntervalCalculator(backoff, _BoundedJitter(backoff)))
         self._attempts = attempts
@@ -249,33 +255,11 @@ class _CountingServerError(ServerErrorRetryHandler):
         # The SDK retries 500 and 503 only; a 502 or 504 from a proxy in front of Slack is as transient.
         return response is not None and response.status_code in (500, 502, 503, 504)
 
-    def prepare_for_next_attempt(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        self._attempts.count += 1
-        super().prepare_for_next_attempt(state=state, request=request, response=response, error=error)
 
-
-class _CountingConnectionError(ConnectionErrorRetryHandler):
+class _CountingConnectionError(_CountsAttempts, ConnectionErrorRetryHandler):
     def __init__(self, attempts: _Attempts, max_retry_count: int, backoff: float) -> None:
         super().__init__(max_retry_count, BackoffRetryIntervalCalculator(backoff, _BoundedJitter(backoff)))
         self._attempts = attempts
-
-    def prepare_for_next_attempt(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        self._attempts.count += 1
-        super().prepare_for_next_attempt(state=state, request=request, response=response, error=error)
 
 
 class _SecretFilter(logging.Filter):
