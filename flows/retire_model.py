@@ -17,10 +17,10 @@ from flows.gates import ask
 from flows.guard import one_retirement_per_model
 from retirement.errors import ApprovalError, RetirementError, SafetyError
 from retirement.models import NotificationStatus, Phase, RetirementRequest
+from retirement.models import utcnow as now
 from retirement.protocol import GATE_CUTOVER, GATE_DELETION, GATE_MANUAL_CUTOVER, GATE_PLAN
 from tasks import backup, cutover, delete, document, lifecycle, monitor, staging, verify
 from tasks.gates import expire_gate as expire_gate_task
-from tasks.lifecycle import now
 
 Next = tuple[Phase, datetime] | None
 

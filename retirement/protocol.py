@@ -560,7 +560,7 @@ def verify_idle(
     )
     if report.verdict is not TrafficVerdict.IDLE:
         raise SafetyError(f"traffic verdict over the window is {report.verdict.value}: {report.reason}")
-    standing = [b for b in svc.platform.registry.deletion_blockers(state.ref)]
+    standing = svc.platform.registry.deletion_blockers(state.ref)
     if standing:
         raise SafetyError("still depended on: " + "; ".join(b.message for b in standing))
     return report

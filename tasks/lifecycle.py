@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
 from retirement import protocol
-from retirement.models import NotificationStatus, Phase, RetirementRequest, utcnow
+from retirement.models import NotificationStatus, Phase, RetirementRequest
 from tasks._context import load, services_for
 
 
@@ -177,8 +177,3 @@ def finish(request: RetirementRequest, retirement_id: str, summary: str) -> str:
         svc, state, NotificationStatus.DONE, f"Retirement finished: {summary}", ui_url=flow_run.get_flow_run_ui_url()
     )
     return summary
-
-
-def now() -> datetime:
-    """The current time (UTC)."""
-    return utcnow()

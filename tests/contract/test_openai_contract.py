@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from retirement.errors import RetirementError
 from retirement.models import ModelRef
 from retirement.platforms.openai import OpenAIRegistry, OpenAIUsageTraffic
-from tests.fakes.prism import PrismServer, RecordingHook, prism_fixture
+from tests.fakes.prism import PrismServer, RecordingHook, attempt, bearer_client, prism_fixture
 
 pytestmark = pytest.mark.prism
 
@@ -38,23 +36,8 @@ def hook() -> RecordingHook:
 
 @pytest.fixture
 def client(prism_openai: PrismServer, hook: RecordingHook) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=prism_openai.base_url + "/",
-        headers={"Authorization": "Bearer sk-contracttest0123"},
-        event_hooks={"response": [hook]},
-        timeout=30,
-    ) as c:
+    with bearer_client(prism_openai, "sk-contracttest0123", hook) as c:
         yield c
-
-
-def attempt(call: Callable[[], Any]) -> None:
-    """Run an adapter call; Prism's placeholder examples (has_more forever, ...) may make it fail afterwards."""
-    try:
-        result = call()
-        if isinstance(result, Iterator):
-            list(result)
-    except RetirementError:
-        pass
 
 
 def test_registry_calls_match_the_spec(client: httpx.Client, hook: RecordingHook) -> None:

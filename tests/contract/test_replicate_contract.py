@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
 
-from retirement.errors import RetirementError
 from retirement.models import ModelRef
 from retirement.platforms.replicate import ReplicatePredictionsTraffic, ReplicateRegistry, ReplicateServing
-from tests.fakes.prism import PrismServer, RecordingHook, assert_no_violations, prism_fixture
+from tests.fakes.prism import PrismServer, RecordingHook, assert_no_violations, attempt, bearer_client, prism_fixture
 
 pytestmark = pytest.mark.prism
 
@@ -28,23 +26,8 @@ def hook() -> RecordingHook:
 
 @pytest.fixture
 def client(prism_replicate: PrismServer, hook: RecordingHook) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=prism_replicate.base_url + "/",
-        headers={"Authorization": "Bearer r8_contracttest0123"},
-        event_hooks={"response": [hook]},
-        timeout=30,
-    ) as c:
+    with bearer_client(prism_replicate, "r8_contracttest0123", hook) as c:
         yield c
-
-
-def attempt(call: Callable[[], Any]) -> None:
-    """Run an adapter call; Prism's placeholder examples ("string" cursors, ...) may make it fail afterwards."""
-    try:
-        result = call()
-        if isinstance(result, Iterator):
-            list(result)
-    except RetirementError:
-        pass
 
 
 def test_prism_flags_an_invalid_request(client: httpx.Client) -> None:
