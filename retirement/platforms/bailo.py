@@ -40,7 +40,7 @@ from retirement.models import (
 )
 from retirement.platforms.base import Platform
 from retirement.platforms.http import default_message, send
-from retirement.redact import redact
+from retirement.redact import redact, remember
 from retirement.settings import RetireSettings
 
 PLATFORM = "bailo"
@@ -532,6 +532,7 @@ def build(settings: RetireSettings) -> Platform:
     """
     del settings  # Bailo reads its own settings class
     own = BailoSettings()
+    remember(own.access_key, own.secret_key)
     base = own.api_url()
     if (own.access_key is None) != (own.secret_key is None):
         raise ConfigError(

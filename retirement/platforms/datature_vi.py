@@ -56,7 +56,7 @@ from retirement.models import (
 )
 from retirement.platforms.base import Platform
 from retirement.platforms.http import paginate, send
-from retirement.redact import redact
+from retirement.redact import redact, redact_text, remember
 from retirement.settings import RetireSettings
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class _BearerAuth(httpx.Auth):
     """Adds the secret key as a bearer token, keeping it out of the client's repr."""
 
     def __init__(self, key: SecretStr) -> None:
+        remember(key)
         self._key = key
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -709,7 +710,9 @@ class DatatureViTraffic:
                 self.record_snapshot(ref)
             records = [(at, r) for at, r in self._records(ref) if start - self.interval < at < end]
         except (RetirementError, OSError, ValueError, KeyError) as exc:
-            return TrafficSample(**base, verdict=TrafficVerdict.ERROR, detail=f"{type(exc).__name__}: {exc}")
+            return TrafficSample(
+                **base, verdict=TrafficVerdict.ERROR, detail=redact_text(f"{type(exc).__name__}: {exc}")
+            )
         busy = [(at, dep, rps) for at, rates in records for dep, rps in rates.items() if rps > 0 and at >= start]
         coverage = self._coverage([at for at, _ in records], start, end)
         if busy:

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MessageExtractor = Callable[[Any], str | None]
 """Pulls the platform's own error message out of a decoded error body."""
 
+MAX_MESSAGE = 500
+"""Longest platform message kept in an error (an HTML error page says nothing more past this)."""
+
 
 def default_message(body: Any) -> str | None:
     """The message of the common error shapes: {"error": {"message"}}, {"error": "..."}, {"message"},
@@ -49,7 +52,7 @@ def default_message(body: Any) -> str | None:
         if detail or body.get("title"):
             return " - ".join(str(x) for x in (body.get("title"), detail) if x)
     if isinstance(body, str) and body.strip():
-        return body.strip()[:500]
+        return body.strip()
     return None
 
 
@@ -67,6 +70,37 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return max(0.0, (parsed - datetime.now(UTC)).total_seconds())
 
 
+def shown_url(url: httpx.URL | str) -> str:
+    """``url`` fit for logs and error messages: no user info, query string or fragment (they carry credentials)."""
+    parsed = httpx.URL(str(url))
+    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def error_text(response: httpx.Response, extract: MessageExtractor = default_message) -> tuple[str, Any]:
+    """What a failed exchange says, fit for any log, artifact, ledger line or Slack message: (message, detail).
+
+    This is the one place error texts of HTTP exchanges are built. The request never goes into
+    them (its body, headers and URL are left out), and the answer is redacted by name and by value
+    before anything reads it, since a server may echo what it was sent (a form with
+    ``client_secret=...``, an ``Authorization`` header). ``detail`` is the redacted decoded body
+    when it is JSON, else None.
+    """
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text[: MAX_MESSAGE * 100]  # an error page; only its start can end up in the message
+    clean = redact(body) if isinstance(body, dict | list | str) else body
+    message = extract(clean) or response.reason_phrase or "error"
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return redact_text(message), clean if isinstance(clean, dict | list) else None
+
+
+def transport_error_text(method: str, url: httpx.URL | str, exc: Exception) -> str:
+    """The text of a request that got no answer: method, URL without credentials, the error's type and words."""
+    return redact_text(f"{method} {shown_url(url)}: {type(exc).__name__}: {exc}")
+
+
 def raise_for_platform(
     response: httpx.Response, platform: str, extract: MessageExtractor = default_message
 ) -> httpx.Response:
@@ -74,16 +108,12 @@ def raise_for_platform(
 
     401/403 -> AuthError, 404 -> NotFoundError, 409 -> ConflictError, 429 -> RateLimitedError,
     5xx -> PlatformUnavailableError, 400/422 -> InputError, anything else -> PlatformError.
+    The message comes from :func:`error_text`: never the request, and redacted.
     """
     if response.is_success:
         return response
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    message = redact_text(extract(body) or response.reason_phrase or "error")
+    message, detail = error_text(response, extract)
     status = response.status_code
-    detail = redact(body) if isinstance(body, dict | list) else None
     if status in (401, 403):
         raise AuthError(platform, message, status, detail)
     if status == 404:
@@ -123,7 +153,7 @@ def send(
             response = client.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             if last or not idempotent:
-                raise PlatformUnavailableError(platform, f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+                raise PlatformUnavailableError(platform, transport_error_text(method, url, exc)) from exc
             wait = min(max_wait, 0.5 * 2**attempt)
         else:
             retryable = response.status_code == 429 or (response.status_code >= 500 and idempotent)
@@ -131,7 +161,9 @@ def send(
                 wait = min(max_wait, retry_after_seconds(response) or 0.5 * 2**attempt)
             else:
                 return raise_for_platform(response, platform, extract)
-        logger.info("%s %s: retrying in %.1fs (attempt %d of %d)", method, url, wait, attempt + 1, max_retries)
+        logger.info(
+            "%s %s: retrying in %.1fs (attempt %d of %d)", method, shown_url(url), wait, attempt + 1, max_retries
+        )
         sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 

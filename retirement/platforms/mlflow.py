@@ -36,7 +36,7 @@ from retirement.models import (
 )
 from retirement.platforms.base import Platform
 from retirement.platforms.http import paginate, send
-from retirement.redact import redact
+from retirement.redact import redact, remember
 from retirement.settings import RetireSettings
 
 PLATFORM = "mlflow"
@@ -119,6 +119,7 @@ class MlflowSettings(BaseSettings):
             return _BearerAuth(self.token)
         if self.username:
             password = self.password.get_secret_value() if self.password else ""
+            remember(password)
             return httpx.BasicAuth(self.username, password)
         return None
 
@@ -127,6 +128,7 @@ class _BearerAuth(httpx.Auth):
     """Adds the bearer token to every request, keeping the token out of the client's repr."""
 
     def __init__(self, token: SecretStr) -> None:
+        remember(token)
         self._token = token
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:

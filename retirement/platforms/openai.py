@@ -40,7 +40,7 @@ from retirement.models import (
 )
 from retirement.platforms.base import Platform
 from retirement.platforms.http import paginate, send
-from retirement.redact import redact, redact_text
+from retirement.redact import redact, redact_text, remember
 from retirement.settings import RetireSettings
 
 PLATFORM = "openai"
@@ -562,6 +562,7 @@ def build(settings: RetireSettings) -> Platform:
     """
     del settings  # OpenAI reads its own settings class
     own = OpenAISettings()
+    remember(own.api_key, own.admin_key)
     if own.api_key is None or not own.api_key.get_secret_value():
         raise ConfigError(
             "openai: OPENAI_API_KEY is not set; set it to an API key of the organisation that owns the model"

@@ -39,7 +39,7 @@ from retirement.models import (
 )
 from retirement.platforms.base import Platform
 from retirement.platforms.http import default_message, paginate, send
-from retirement.redact import redact, redact_text
+from retirement.redact import redact, redact_text, remember
 from retirement.settings import RetireSettings
 
 PLATFORM = "replicate"
@@ -190,7 +190,7 @@ class _ReplicateBase:
             if nxt:
                 parts = urlsplit(str(nxt))
                 if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
-                    raise PlatformError(PLATFORM, f"refusing to follow a next page on another host: {parts.netloc}")
+                    raise PlatformError(PLATFORM, f"refusing to follow a next page on another host: {parts.hostname}")
             return list(body.get("results") or []), nxt or None
 
         return paginate(fetch)
@@ -695,6 +695,7 @@ def build(settings: RetireSettings) -> Platform:
     """
     del settings  # Replicate reads its own settings class
     own = ReplicateSettings()
+    remember(own.api_token)
     if own.api_token is None or not own.api_token.get_secret_value():
         raise ConfigError(
             "replicate: REPLICATE_API_TOKEN is not set; set it to a token of the account owning the model"

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retirement.errors import (
+    AuthError,
     ConfigError,
     ConflictError,
     DeletionBlockedError,
@@ -37,8 +38,8 @@ from retirement.models import (
     utcnow,
 )
 from retirement.platforms.base import Platform
-from retirement.platforms.http import default_message, paginate, raise_for_platform, send
-from retirement.redact import redact
+from retirement.platforms.http import default_message, error_text, paginate, raise_for_platform, send
+from retirement.redact import redact, remember
 from retirement.settings import RetireSettings
 
 PLATFORM = "selise"
@@ -117,6 +118,7 @@ class SeliseTokenAuth(httpx.Auth):
         grant_type: str = "client_credentials",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        remember(blocks_key, client_secret)
         self.token_url = token_url
         self._blocks_key = blocks_key
         self._client_id = client_id
@@ -139,12 +141,24 @@ class SeliseTokenAuth(httpx.Auth):
         )
 
     def _store(self, response: httpx.Response) -> None:
+        """Keep the token of a token endpoint answer; a refusal says which settings to check, never what was sent."""
+        if response.status_code in (401, 403):
+            response.read()
+            message, detail = error_text(response, selise_message)
+            raise AuthError(
+                PLATFORM,
+                f"the token endpoint refused the project's credentials ({message}); check RETIRE_SELISE_PROJECT_KEY, "
+                "RETIRE_SELISE_CLIENT_ID and RETIRE_SELISE_CLIENT_SECRET",
+                response.status_code,
+                detail,
+            )
         raise_for_platform(response, PLATFORM, selise_message)
         body = response.json()
         token = body.get("access_token") if isinstance(body, dict) else None
         if not token:
             raise PlatformError(PLATFORM, "the token endpoint answered without an access_token", response.status_code)
         expires_in = float(body.get("expires_in") or 300)
+        remember(str(token))
         self._token = str(token)
         # Renew a little early so a token never expires in flight.
         self._expires_at = self._clock() + max(0.0, expires_in - min(30.0, expires_in / 10))
@@ -250,6 +264,7 @@ class SeliseClient:
     def __init__(
         self, client: httpx.Client, project_key: SecretStr, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:
+        remember(project_key)
         self.http = client
         self._project_key = project_key
         self._sleep = sleep
