@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -137,6 +138,33 @@ def test_bad_client_credentials_are_an_auth_error_without_the_secret(
         registry.describe(OLD)
     assert "wrong-secret-value" not in str(caught.value)
     assert state.calls_of("GET") == []
+
+
+@pytest.mark.parametrize("shape", ["text", "json"])
+def test_a_refused_token_request_names_the_settings_and_never_what_was_sent(shape: str, sleeps: list[float]) -> None:
+    # A token endpoint (or a proxy in front of it) that answers 401 by echoing the request it got.
+    secret = "n0t-the-r1ght+secret/&="
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        sent = request.read().decode()
+        key = request.headers["x-blocks-key"]
+        if shape == "text":
+            return httpx.Response(
+                401, text=f"invalid_client\n{request.method} {request.url}\nx-blocks-key: {key}\n{sent}"
+            )
+        detail = f"invalid client credentials in {sent}"
+        return httpx.Response(401, json={"is_success": False, "detail": detail, "error": {"form": sent, "key": key}})
+
+    auth = SeliseTokenAuth(BASE + TOKEN_PATH, SecretStr(PROJECT_KEY), CLIENT_ID, SecretStr(secret))
+    client = httpx.Client(base_url=BASE, transport=httpx.MockTransport(echo), auth=auth)
+    registry = SeliseRegistry(SeliseClient(client, SecretStr(PROJECT_KEY), sleep=sleeps.append))
+    with pytest.raises(AuthError) as caught:
+        registry.describe(OLD)
+    said = f"{caught.value} {caught.value.detail!r}"
+    assert str(caught.value).startswith("selise HTTP 401: the token endpoint refused the project's credentials")
+    assert "RETIRE_SELISE_CLIENT_SECRET" in said and "invalid" in said
+    for sent in (secret, quote_plus(secret), quote(secret, safe=""), PROJECT_KEY):
+        assert sent not in said
 
 
 def test_models_are_paginated_to_the_end(registry: SeliseRegistry, state: SeliseState) -> None:
