@@ -14,8 +14,8 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed, State
 
 from flows.gates import ask
-from flows.guard import one_retirement_per_model
-from retirement.errors import ApprovalError, RetirementError, SafetyError
+from flows.guard import working_on
+from retirement.errors import ApprovalError, RetirementError, RetirementStoppedError, SafetyError
 from retirement.models import NotificationStatus, Phase, RetirementRequest
 from retirement.models import utcnow as now
 from retirement.protocol import GATE_CUTOVER, GATE_DELETION, GATE_MANUAL_CUTOVER, GATE_PLAN
@@ -131,24 +131,29 @@ def retire_model(
     rid, phase = lifecycle.open_retirement(request, retirement_id, phase)
     if expire_gate:
         return expire_gate_task(request, rid, expire_gate)
-    with one_retirement_per_model(request, rid):
+    with working_on(request, rid):
         step: Phase | None = phase
         while step is not None:
-            if lifecycle.enter_phase(request, rid, step) in ("halted", "done"):
+            if lifecycle.enter_phase(request, rid, step) in ("halted", "cancelled", "done"):
                 return Cancelled(message=f"retirement {rid} is no longer running")
             try:
                 nxt = LEGS[step](request, rid)
+            except RetirementStoppedError as exc:  # cancelled or halted by someone else: it wins, nothing more
+                return Cancelled(message=str(exc))
             except (SafetyError, ApprovalError) as exc:
                 lifecycle.halt(request, rid, str(exc))
                 state = Cancelled if isinstance(exc, ApprovalError) else Failed
                 return state(message=f"retirement {rid} halted: {exc}")
-            except RetirementError as exc:  # not a verdict: the run fails and can be retried where it stopped
+            except RetirementError as exc:  # not a verdict: the run fails; the reconciler resumes it where it stopped
+                status, reason = lifecycle.status(request, rid)
+                if status in ("halted", "cancelled", "done"):
+                    return Cancelled(message=f"retirement {rid} is {status}: {reason}")
                 lifecycle.announce(
                     request,
                     rid,
                     NotificationStatus.FAILED,
                     f"Phase *{step.value}* failed: {exc}",
-                    next_step="fix the cause and retry this flow run",
+                    next_step="the reconciler resumes it at this phase; if it keeps failing, fix the cause",
                 )
                 raise
             lifecycle.leave_phase(request, rid, f"{step.value} done")

@@ -65,6 +65,23 @@ def traffic_sources(names: list[str], platform: Platform, settings: RetireSettin
     return sources
 
 
+_imported: set[str] = set()
+
+
+def stores(settings: RetireSettings) -> tuple[Ledger, StateStore]:
+    """The ledger and the state store of the database in force (state files from before it imported once)."""
+    from retirement import db
+
+    url = settings.database
+    engine = db.engine_for(url)
+    ledger = Ledger(engine, name=db.safe_url(url))
+    states = StateStore(engine, ledger)
+    if url not in _imported:
+        states.import_files(settings.state_dir, settings.ledger_file)
+        _imported.add(url)
+    return ledger, states
+
+
 def default_services(platform_name: str, traffic_names: list[str]) -> Services:
     """Services from the environment: the named platform, RETIRE_HOME's store, ledger and states."""
     from retirement.backup.filesystem import FilesystemBackupStore
@@ -72,14 +89,15 @@ def default_services(platform_name: str, traffic_names: list[str]) -> Services:
 
     settings = RetireSettings()
     platform = get_platform(platform_name, settings)
+    ledger, states = stores(settings)
     return Services(
         settings=settings,
         platform=platform,
         traffic=traffic_sources(traffic_names, platform, settings),
         backups=FilesystemBackupStore(settings.backup_dir),
-        ledger=Ledger(settings.ledger_file),
+        ledger=ledger,
         notifier=get_notifier(),
-        states=StateStore(settings.state_dir),
+        states=states,
     )
 
 

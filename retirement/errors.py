@@ -8,9 +8,11 @@ Every error says what was wrong and, where it applies, what is allowed::
     ├── ConfigError                 settings or credentials missing / inconsistent
     ├── NotFoundError               the thing does not exist (model, version, alias, backup, run)
     ├── ConflictError               the thing exists / is in a state that forbids the request
-    │   └── DeletionBlockedError    a platform rule or a dependent forbids the deletion (lists blockers)
+    │   ├── DeletionBlockedError    a platform rule or a dependent forbids the deletion (lists blockers)
+    │   └── StaleStateError         a retirement changed since it was read (another writer won); nothing written
     ├── SafetyError                 a safety invariant refused a step (approval, backup, traffic, ...)
-    │   └── ApprovalError           a gate was rejected, timed out, or answered by a wrong person
+    │   ├── ApprovalError           a gate was rejected, timed out, or answered by a wrong person
+    │   └── RetirementStoppedError  the retirement was cancelled or halted: no destructive call after that
     ├── PlatformError               a remote platform answered with an error (keeps its own message)
     │   ├── AuthError               401 / 403: credentials or role (e.g. OpenAI Owner role)
     │   ├── RateLimitedError        429, with retry_after seconds when the platform said
@@ -84,12 +86,26 @@ class DeletionBlockedError(ConflictError):
         super().__init__(f"{reference} cannot be deleted: " + "; ".join(self.blockers))
 
 
+class StaleStateError(ConflictError):
+    """A retirement changed since this writer read it: the other writer won and nothing was written."""
+
+
 class SafetyError(RetirementError):
     """A safety invariant refused a step; nothing destructive was done."""
 
 
 class ApprovalError(SafetyError):
     """A gate was rejected, timed out, or answered by someone not allowed to."""
+
+
+class RetirementStoppedError(SafetyError):
+    """The retirement is cancelled, halted or done: a destructive call was refused, or a loop stopped."""
+
+    def __init__(self, retirement_id: str, status: str, reason: str, refused: str) -> None:
+        self.retirement_id = retirement_id
+        self.status = status
+        self.reason = reason
+        super().__init__(f"retirement {retirement_id} is {status} ({reason or 'no reason given'}): {refused} refused")
 
 
 class PlatformError(RetirementError):
@@ -187,6 +203,8 @@ __all__ = [
     "PlatformUnavailableError",
     "RateLimitedError",
     "RetirementError",
+    "RetirementStoppedError",
     "SafetyError",
+    "StaleStateError",
     "UnknownNameError",
 ]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from retirement import protocol
 from retirement.bootstrap import Services
-from retirement.errors import ApprovalError
+from retirement.errors import ApprovalError, RetirementStoppedError, StaleStateError
 from retirement.models import Approval, NotificationStatus, utcnow
 from retirement.render import gate_markdown
 from retirement.state import RetirementState
@@ -54,10 +54,11 @@ def open_gate(
         extra += ["", f"Backup (verified): `{state.backup_location}`", "", *protocol.deletion_brief(svc, state)]
     description = gate_markdown(title, what, state.dossier, extra)
     if answered is None and state.pending_gate != key:
+        if state.stopped:
+            raise RetirementStoppedError(state.id, state.status, state.status_reason, f"asking {gate}")
         state.pending_gate, state.gate_run, state.status = key, run_id, "awaiting_approval"
         state.gate_deadline = utcnow() + timedelta(hours=request.gate_timeout_hours)
-        svc.states.save(state)
-        protocol.record(svc, state, "intent", f"gate:{gate}", detail={"key": key, "approvers": approvers})
+        protocol.commit(svc, state, "intent", f"gate:{gate}", detail={"key": key, "approvers": approvers})
         protocol.announce(
             svc,
             state,
@@ -83,7 +84,10 @@ def record_answer(
 
     Raises:
         ApprovalError: the answer was refused; the gate will be asked again with a new key.
+        RetirementStoppedError: the retirement was cancelled or halted (a gate deadline) before the answer.
     """
+    if state.stopped:
+        raise RetirementStoppedError(state.id, state.status, state.status_reason, f"the answer to {gate}")
     try:
         approval = protocol.check_answer(
             state,
@@ -97,28 +101,37 @@ def record_answer(
     except ApprovalError as exc:
         state.gate_attempts[gate] = state.gate_attempts.get(gate, 1) + 1
         state.pending_gate = None
-        svc.states.save(state)
-        protocol.record(
-            svc, state, "decision", f"gate:{gate}", actor=str(answer.get("approver")), detail={"refused": str(exc)}
-        )
+        _commit_answer(svc, state, gate, str(answer.get("approver")), {"refused": str(exc)})
         raise
     state.gate_expiry_run, state.status = None, "running"
-    svc.states.save(state)
-    protocol.record(
-        svc,
-        state,
-        "decision",
-        f"gate:{gate}",
-        actor=approval.approver,
-        detail={"decision": approval.decision, "comment": approval.comment},
-    )
+    _commit_answer(svc, state, gate, approval.approver, {"decision": approval.decision, "comment": approval.comment})
     return approval
+
+
+def _commit_answer(svc: Services, state: RetirementState, gate: str, actor: str, detail: dict[str, Any]) -> None:
+    """Record an answer over the state it was given for; an expiry or a cancel that landed first wins."""
+    try:
+        protocol.commit(svc, state, "decision", f"gate:{gate}", actor=actor, detail=detail)
+    except StaleStateError:
+        raise protocol.stopped(svc, state, f"the answer to {gate}") or StaleStateError(
+            f"retirement {state.id} changed while {gate} was answered; the answer was not recorded"
+        ) from None
 
 
 def gate_expired(state: RetirementState, key: str, now: datetime) -> str | None:
     """Why the gate ``key`` must fail safe now, or None if it was answered or is still open."""
-    if state.pending_gate != key or state.status == "halted":
+    if state.pending_gate != key or state.stopped:
         return None
     if state.gate_deadline and now < state.gate_deadline:
         return None
     return f"approval gate {key} timed out after {state.request.gate_timeout_hours:g} h"
+
+
+def expire(svc: Services, state: RetirementState, key: str, now: datetime, *, ui_url: str | None = None) -> str | None:
+    """Fail the gate ``key`` safe if it is still unanswered past its deadline, decided under the retirement's
+    lock (an answer that landed first wins). Returns why it halted, or None if there was nothing to do."""
+    reason = gate_expired(state, key, now)
+    if reason is None:
+        return None
+    halted = protocol.halt(svc, state, reason, ui_url=ui_url, only_if=lambda s: gate_expired(s, key, now) is not None)
+    return reason if halted else None

@@ -8,6 +8,7 @@ interrupted one is completed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -24,7 +25,9 @@ from retirement.errors import (
     DeletionBlockedError,
     InputError,
     NotFoundError,
+    RetirementStoppedError,
     SafetyError,
+    StaleStateError,
 )
 from retirement.models import (
     Approval,
@@ -40,7 +43,7 @@ from retirement.models import (
     TrafficVerdict,
     utcnow,
 )
-from retirement.state import RetirementState, new_retirement_id
+from retirement.state import Entry, RetirementState, adopt, new_retirement_id
 from retirement.traffic.verdict import observe
 
 logger = logging.getLogger(__name__)
@@ -99,9 +102,7 @@ def open_retirement(svc: Services, request: RetirementRequest, retirement_id: st
             )
         return state
     state = RetirementState(id=new_retirement_id(request.ref), request=request)
-    svc.states.claim(request.ref, state.id)
-    svc.states.save(state)
-    record(svc, state, "decision", "open", actor=request.requester, detail={"reason": request.reason})
+    svc.states.create(state, Entry("decision", "open", request.requester, {"reason": request.reason}))
     return state
 
 
@@ -114,8 +115,33 @@ def record(
     actor: str = "system",
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """One ledger entry for this retirement."""
+    """One ledger entry for this retirement, on its own (a notice or a decision that changes no state)."""
     svc.ledger.append(state.id, kind, action, actor=actor, reference=str(state.ref), detail=detail)
+
+
+def commit(
+    svc: Services,
+    state: RetirementState,
+    kind: Any,
+    action: str,
+    *,
+    actor: str = "system",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Save the state and the ledger entry recording its change in one transaction.
+
+    Raises:
+        StaleStateError: another writer changed the retirement since it was read; nothing was written.
+    """
+    svc.states.save(state, Entry(kind, action, actor, detail))
+
+
+def stopped(svc: Services, state: RetirementState, doing: str) -> RetirementStoppedError | None:
+    """After a refused (stale) write: the reason to stop if the retirement was cancelled or halted meanwhile."""
+    svc.states.refresh(state)
+    if state.stopped:
+        return RetirementStoppedError(state.id, state.status, state.status_reason, doing)
+    return None
 
 
 def announce(
@@ -146,7 +172,8 @@ def announce(
         return
     if receipt.thread and not state.slack_thread:
         state.slack_thread = receipt.thread
-        svc.states.save(state)
+        with contextlib.suppress(StaleStateError):  # a concurrent writer won; the next message keeps the thread
+            svc.states.save(state)
     if not receipt.delivered:
         record(
             svc,
@@ -157,24 +184,47 @@ def announce(
         )
 
 
-def halt(svc: Services, state: RetirementState, reason: str, *, ui_url: str | None = None) -> None:
-    """Stop the retirement for good: nothing destructive happens after this; say so everywhere."""
-    state.leave(f"halted: {reason}")
-    state.status = "halted"
-    state.status_reason = reason
-    state.pending_gate = None
-    state.next_phase = None
-    state.next_run_at = None
-    svc.states.save(state)
-    record(svc, state, "decision", "halt", detail={"reason": reason, "phase": state.phase.value})
-    svc.states.release(state.ref, state.id)
-    announce(
-        svc,
-        state,
-        NotificationStatus.HALTED,
-        f"Retirement halted in phase *{state.phase.value}*: {reason}. Nothing further will be done.",
-        ui_url=ui_url,
-    )
+def halt(
+    svc: Services,
+    state: RetirementState,
+    reason: str,
+    *,
+    ui_url: str | None = None,
+    status: str = "halted",
+    actor: str = "system",
+    only_if: Callable[[RetirementState], bool] | None = None,
+) -> bool:
+    """Stop the retirement for good: nothing destructive happens after this; say so everywhere.
+
+    Written over whatever is stored now (never a stale copy); a retirement already halted, cancelled
+    or done stays as it is, and so does one for which ``only_if`` (judged on what is stored, under the
+    lock) is false. Returns True if this call stopped it.
+    """
+    action = "cancel" if status == "cancelled" else "halt"
+    with svc.states.transaction(state.id) as change:
+        current = change.state
+        stopped_now = not current.stopped and (only_if is None or only_if(current))
+        if stopped_now:
+            current.leave(f"{status}: {reason}")
+            current.status = status  # type: ignore[assignment]
+            current.status_reason = reason
+            current.pending_gate = None
+            current.next_phase = None
+            current.next_run_at = None
+            change.record("decision", action, actor=actor, detail={"reason": reason, "phase": current.phase.value})
+    runs = state.flow_runs
+    adopt(state, change.state)
+    state.flow_runs = runs
+    if stopped_now:
+        verb = "cancelled" if status == "cancelled" else "halted"
+        announce(
+            svc,
+            state,
+            NotificationStatus.HALTED,
+            f"Retirement {verb} in phase *{state.phase.value}*: {reason}. Nothing further will be done.",
+            ui_url=ui_url,
+        )
+    return stopped_now
 
 
 # --- phase 1: document ----------------------------------------------------------------------------
@@ -215,8 +265,7 @@ def document(svc: Services, state: RetirementState) -> Dossier:
         return state.dossier
     dossier = build_dossier(svc, state.request)
     state.dossier = dossier
-    svc.states.save(state)
-    record(
+    commit(
         svc,
         state,
         "outcome",
@@ -379,8 +428,7 @@ def cutover(svc: Services, state: RetirementState, now: datetime) -> str:
         return "no cutover needed" if replacement is None else "cutover already done"
     if uses_manual_serving(svc, state.request):
         state.cutover_at = now
-        svc.states.save(state)
-        record(svc, state, "outcome", "cutover", detail={"to": str(replacement), "how": "manual, confirmed at gate"})
+        commit(svc, state, "outcome", "cutover", detail={"to": str(replacement), "how": "manual, confirmed at gate"})
         return f"production switched to {replacement} by hand"
     serving = svc.platform.serving
     assert serving is not None
@@ -391,30 +439,31 @@ def cutover(svc: Services, state: RetirementState, now: datetime) -> str:
         before = serving.production(state.ref.model)
         if before != state.ref:
             state.cutover_at = now
-            svc.states.save(state)
-            record(svc, state, "outcome", "cutover", detail={"skipped": f"production is {before}, not {state.ref}"})
+            commit(svc, state, "outcome", "cutover", detail={"skipped": f"production is {before}, not {state.ref}"})
             return f"{state.ref} does not serve production ({before}): nothing to switch"
+    # After a crash the switch may already be done: never send it twice.
+    if interrupted is None or serving.production(replacement.model) != replacement:
         state.previous_production = before
-        svc.states.save(state)
-        record(
-            svc,
+        # Re-read under the lock right before the switch: a cancel that landed a moment ago wins.
+        svc.states.fence(
             state,
-            "intent",
             "cutover",
             detail={"from": before.model_dump(mode="json") if before else None, "to": str(replacement)},
         )
-    state.previous_production = before
-    # After a crash the switch may already be done: never send it twice.
-    if interrupted is None or serving.production(replacement.model) != replacement:
         serving.switch(replacement, replacing=before or state.ref)
     # Asked about the replacement's model: on platforms whose unit is the model (Selise), the old
     # model has no production once its consumers moved.
     current = serving.production(replacement.model)
     if current != replacement:
         raise SafetyError(f"production answers {current} after switching to {replacement}")
-    state.cutover_at = utcnow()
-    svc.states.save(state)
-    record(svc, state, "outcome", "cutover", detail={"from": str(before), "to": str(replacement)})
+
+    def switched(stored: RetirementState) -> None:
+        stored.previous_production = before
+        stored.cutover_at = utcnow()
+
+    svc.states.settle(state, "cutover", switched, detail={"from": str(before), "to": str(replacement)})
+    if state.stopped:  # cancelled while the switch was under way: `retire cancel` puts production back
+        raise RetirementStoppedError(state.id, state.status, state.status_reason, "the bake")
     return f"production switched from {before} to {replacement}"
 
 
@@ -438,7 +487,12 @@ def bake_sample(svc: Services, state: RetirementState, start: datetime, end: dat
             "verdict": report.verdict.value,
         }
     )
-    svc.states.save(state)
+    try:
+        svc.states.save(state)
+    except StaleStateError:
+        raise stopped(svc, state, "the bake") or StaleStateError(
+            f"retirement {state.id} changed during the bake"
+        ) from None
     request = state.request
     if requests and rate > request.max_error_rate:
         return f"error rate {rate:.2%} of {replacement} over {requests} requests exceeds {request.max_error_rate:.2%}"
@@ -470,6 +524,7 @@ def bake(
         wait = (due - clock()).total_seconds()
         if wait > 0:
             sleep(wait)
+        svc.states.check_running(state, "the bake")  # a cancel during the bake stops it between samples
         breach = bake_sample(svc, state, start, min(clock(), due))
         if breach:
             rollback(svc, state, breach)
@@ -485,14 +540,18 @@ def rollback(svc: Services, state: RetirementState, reason: str) -> None:
         record(svc, state, "notice", "rollback-manual", detail={"reason": reason})
         return
     if _intent_without_outcome(svc, state, "rollback") is None:
-        record(svc, state, "intent", "rollback", detail={"to": str(target), "reason": reason})
-    serving.switch(target, replacing=state.request.replacement_ref)
+        # Putting production back goes on after a cancel (undo=True); it is never sent twice.
+        svc.states.fence(state, "rollback", detail={"to": str(target), "reason": reason}, undo=True)
+    if serving.production(target.model) != target:
+        serving.switch(target, replacing=state.request.replacement_ref)
     current = serving.production(target.model)
     if current != target:
         raise SafetyError(f"rollback to {target} did not take: production answers {current}")
-    state.rolled_back = True
-    svc.states.save(state)
-    record(svc, state, "outcome", "rollback", detail={"to": str(target), "reason": reason})
+
+    def restored(stored: RetirementState) -> None:
+        stored.rolled_back = True
+
+    svc.states.settle(state, "rollback", restored, detail={"to": str(target), "reason": reason})
     announce(svc, state, NotificationStatus.ALERT, f"Rolled back production to {target}: {reason}")
 
 
@@ -514,8 +573,7 @@ def open_window(svc: Services, state: RetirementState, now: datetime) -> datetim
         grace = timedelta(seconds=svc.settings.cutover_grace_seconds)
         state.window_start = state.cutover_at + grace if state.cutover_at else now
         state.window_end = state.window_start + timedelta(hours=state.request.traffic_window_hours)
-        svc.states.save(state)
-        record(
+        commit(
             svc,
             state,
             "outcome",
@@ -546,8 +604,7 @@ def verify_idle(
         sleep(early)
     report = observe(svc.traffic, state.ref, state.window_start, state.window_end)
     state.traffic.append(report)
-    svc.states.save(state)
-    record(
+    commit(
         svc,
         state,
         "outcome",
@@ -607,6 +664,15 @@ def backup(
     record(svc, state, "intent", "backup", detail={"exports": caps.exports, "not_exportable": caps.not_exportable})
     items = registry.export(state.ref)
     dossier = state.dossier.model_dump(mode="json") if state.dossier else None
+    checked = [time.monotonic()]
+
+    def step(done: int, total: int | None) -> None:
+        if time.monotonic() - checked[0] >= 2:  # a cancel stops the backup between chunks
+            checked[0] = time.monotonic()
+            svc.states.check_running(state, "the backup")
+        if progress is not None:
+            progress(done, total)
+
     manifest = svc.backups.write(
         state.ref,
         items,
@@ -615,15 +681,14 @@ def backup(
         captures=caps.exports,
         not_captured=caps.not_exportable,
         platform_metadata=state.dossier.metadata if state.dossier else None,
-        progress=progress,
+        progress=step,
     )
     report = svc.backups.verify(manifest.location)
     if not report.ok:
         raise BackupVerifyError(manifest.location, report.mismatches)
     state.backup_location = manifest.location
     state.backup_manifest_sha256 = manifest_digest(manifest.model_dump_json())
-    svc.states.save(state)
-    record(
+    commit(
         svc,
         state,
         "outcome",
@@ -761,11 +826,15 @@ def soft_delete(svc: Services, state: RetirementState, now: datetime) -> str:
     if state.soft_deleted_at is not None:
         return "soft step already taken"
     require_approval(state, GATE_DELETION)
-    record(svc, state, "intent", "soft-delete", detail={"how": caps.soft_delete})
+    svc.states.fence(state, "soft-delete", detail={"how": caps.soft_delete})
     svc.platform.registry.set_active(state.ref, False)
-    state.soft_deleted_at = now
-    svc.states.save(state)
-    record(svc, state, "outcome", "soft-delete", detail={"how": caps.soft_delete})
+
+    def deactivated(stored: RetirementState) -> None:
+        stored.soft_deleted_at = now
+
+    svc.states.settle(state, "soft-delete", deactivated, detail={"how": caps.soft_delete})
+    if state.stopped:  # cancelled during the call: `retire cancel` reactivates it
+        raise RetirementStoppedError(state.id, state.status, state.status_reason, "the pending delete")
     return f"{caps.soft_delete}d {state.ref}; delete pending {state.request.pending_delete_hours:g} h"
 
 
@@ -773,11 +842,13 @@ def undo_soft_delete(svc: Services, state: RetirementState) -> None:
     """Undo the soft step (a cancelled pending delete or a tripwire)."""
     if state.soft_deleted_at is None or state.receipt is not None:
         return
-    record(svc, state, "intent", "reactivate")
+    svc.states.fence(state, "reactivate", undo=True)
     svc.platform.registry.set_active(state.ref, True)
-    state.soft_deleted_at = None
-    svc.states.save(state)
-    record(svc, state, "outcome", "reactivate")
+
+    def reactivated(stored: RetirementState) -> None:
+        stored.soft_deleted_at = None
+
+    svc.states.settle(state, "reactivate", reactivated)
 
 
 def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionReceipt:
@@ -801,22 +872,24 @@ def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionRece
             if state.soft_deleted_at is not None:
                 undo_soft_delete(svc, state)
             raise SafetyError("delete refused: " + " | ".join(failures))
-        if not interrupted:
-            record(svc, state, "intent", "delete", detail={"backup": state.backup_location})
+        # Re-read under the lock right before the delete: a cancel or halt that landed a moment ago wins.
+        svc.states.fence(state, "delete", detail={"backup": state.backup_location})
         try:
             receipt = registry.delete(state.ref)
         except NotFoundError:
             receipt = DeletionReceipt(reference=state.ref, verified_gone=not registry.exists(state.ref))
         except DeletionBlockedError as exc:
-            record(svc, state, "outcome", "delete", detail={"refused_by_platform": exc.blockers})
+            svc.states.settle(state, "delete", lambda _: None, detail={"refused_by_platform": exc.blockers})
             raise SafetyError(f"the platform refused the delete: {exc}") from exc
     receipt.backup_location = state.backup_location
     if registry.exists(state.ref):
         raise SafetyError(f"{state.ref} still exists after the delete")
     receipt.verified_gone = True
-    state.receipt = receipt
-    svc.states.save(state)
-    record(svc, state, "outcome", "delete", detail=receipt.model_dump(mode="json"))
+
+    def deleted(stored: RetirementState) -> None:
+        stored.receipt = receipt
+
+    svc.states.settle(state, "delete", deleted, detail=receipt.model_dump(mode="json"))
     record(
         svc,
         state,
@@ -860,8 +933,7 @@ def monitor_check(svc: Services, state: RetirementState, now: datetime) -> list[
         if requests and errors / requests > state.request.max_error_rate:
             alerts.append(f"{new} error rate {errors / requests:.2%} over {requests} requests")
     state.monitor_checks.append({"at": now.isoformat(), "stale_requests": stale, "alerts": alerts})
-    svc.states.save(state)
-    record(svc, state, "outcome", "monitor-check", detail={"check": len(state.monitor_checks), "alerts": alerts})
+    commit(svc, state, "outcome", "monitor-check", detail={"check": len(state.monitor_checks), "alerts": alerts})
     if alerts:
         announce(svc, state, NotificationStatus.ALERT, "Monitoring: " + "; ".join(alerts))
     return alerts
@@ -907,3 +979,66 @@ def final_report(svc: Services, state: RetirementState) -> str:
     lines += ["", "## Monitoring", "", f"- {len(state.monitor_checks)} checks, {alerts} alerts"]
     lines += ["", "## Ledger", "", f"- {count} entries, chain verified; last hash `{last_hash}`"]
     return "\n".join(lines)
+
+
+# --- cancel ---------------------------------------------------------------------------------------
+
+
+def compensate(svc: Services, state: RetirementState) -> list[str]:
+    """After a cancel, once no run works on the retirement: leave nothing half done. Returns what was done.
+
+    A delete already under way when the cancel landed is recorded as it turned out (the world is checked);
+    a soft delete is undone; a cutover that had not finished its bake is rolled back.
+    """
+    svc.states.refresh(state)
+    done: list[str] = []
+    registry = svc.platform.registry
+    if state.receipt is None and _intent_without_outcome(svc, state, "delete") is not None:
+        if not registry.exists(state.ref):
+            receipt = DeletionReceipt(
+                reference=state.ref,
+                verified_gone=True,
+                removed=[f"{state.ref} (a delete under way when the cancel landed)"],
+                backup_location=state.backup_location,
+            )
+
+            def gone(stored: RetirementState) -> None:
+                stored.receipt = receipt
+
+            svc.states.settle(state, "delete", gone, detail=receipt.model_dump(mode="json"))
+            done.append(
+                f"{state.ref} was already being deleted when the cancel landed: it is gone; "
+                f"restore with `retire backup restore {state.backup_location}`"
+            )
+            return done
+        svc.states.settle(state, "delete", lambda _: None, detail={"interrupted": "cancelled before the delete took"})
+    if state.receipt is not None:
+        return [
+            f"{state.ref} was deleted before the cancel; restore with `retire backup restore {state.backup_location}`"
+        ]
+    soft = _intent_without_outcome(svc, state, "soft-delete")
+    if soft is not None:
+        svc.states.settle(
+            state, "soft-delete", lambda s: setattr(s, "soft_deleted_at", utcnow()), detail={"interrupted": "cancelled"}
+        )
+    if state.soft_deleted_at is not None:
+        undo_soft_delete(svc, state)
+        done.append(f"{state.ref} reactivated (the soft delete was undone)")
+    cut = _intent_without_outcome(svc, state, "cutover")
+    if cut is not None and not state.rolled_back:
+        before = ModelRef.model_validate(cut["from"]) if cut.get("from") else None
+
+        def switched(stored: RetirementState) -> None:
+            stored.previous_production = before
+            stored.cutover_at = stored.cutover_at or utcnow()
+
+        svc.states.settle(state, "cutover", switched, detail={"interrupted": "cancelled during the switch"})
+    if state.cutover_at is not None and state.window_start is None and not state.rolled_back:
+        if state.previous_production is not None:
+            rollback(svc, state, "retirement cancelled before the bake finished")
+            done.append(
+                f"production rolled back to {state.previous_production} (the cutover had not finished its bake)"
+            )
+    else:
+        complete_interrupted_rollback(svc, state)
+    return done

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.model-retirement")
@@ -26,7 +26,15 @@ class RetireSettings(BaseSettings):
         default=None, description="Root of the filesystem backup store (default: <home>/backups)."
     )
     ledger_path: Path | None = Field(
-        default=None, description="The audit ledger, JSON lines (default: <home>/ledger.jsonl)."
+        default=None,
+        description="A ledger kept as JSON lines before the database; imported once into it, then renamed "
+        "(default: <home>/ledger.jsonl).",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The database of retirement states, claims and the ledger: a SQLAlchemy URL. Unset: SQLite at "
+        "<home>/retire.db (one machine). Many workers on many machines: postgresql://USER:PASSWORD@HOST:PORT/DB "
+        "(it can be the server Prefect uses).",
     )
     gateway_host: str = Field(default="127.0.0.1", description="Address the local gateway binds to.")
     gateway_port: int = Field(default=8765, ge=1, le=65535, description="Port of the local gateway.")
@@ -72,8 +80,15 @@ class RetireSettings(BaseSettings):
         return (self.ledger_path or self.home.expanduser() / "ledger.jsonl").expanduser()
 
     @property
+    def database(self) -> str:
+        """The database URL in force (with its password; never log it: use retirement.db.safe_url)."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.home.expanduser() / 'retire.db'}"
+
+    @property
     def state_dir(self) -> Path:
-        """Where each retirement's state (phase receipts) is kept."""
+        """Where retirement states were kept as files before the database (imported once)."""
         return self.home.expanduser() / "retirements"
 
     @property

@@ -8,7 +8,7 @@ from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from retirement import gates, protocol
+from retirement import gates
 from retirement.gates import GatePrep
 from retirement.models import Approval, RetirementRequest, utcnow
 from tasks._context import load
@@ -44,11 +44,10 @@ def record_decision(
 def expire_gate(request: RetirementRequest, retirement_id: str, key: str) -> str:
     """Fail a gate safe once its deadline passed unanswered: halt, and cancel the waiting run."""
     svc, state = load(request, retirement_id)
-    reason = gates.gate_expired(state, key, utcnow())
+    waiting_run = state.gate_run
+    reason = gates.expire(svc, state, key, utcnow(), ui_url=flow_run.get_flow_run_ui_url())
     if reason is None:
         return f"gate {key} was answered or is still open; nothing to do"
-    waiting_run = state.gate_run
-    protocol.halt(svc, state, reason, ui_url=flow_run.get_flow_run_ui_url())
     if waiting_run:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(waiting_run, Cancelled(message=f"gate {key} timed out"), force=True)

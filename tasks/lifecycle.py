@@ -14,6 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
 from retirement import protocol
+from retirement.errors import StaleStateError
 from retirement.models import NotificationStatus, Phase, RetirementRequest
 from tasks._context import load, services_for
 
@@ -31,9 +32,7 @@ def open_retirement(request: RetirementRequest, retirement_id: str | None, phase
     if replayed is not None:
         retirement_id, phase = replayed.id, replayed.phase
     state = protocol.open_retirement(svc, request, retirement_id)
-    if run_id and run_id not in state.flow_runs:
-        state.flow_runs.append(run_id)
-        svc.states.save(state)
+    if run_id and svc.states.add_flow_run(state, run_id):
         with get_client(sync_client=True) as client:  # every run of a retirement carries its id as a tag
             client.update_flow_run(UUID(run_id), tags=sorted({*flow_run.get_tags(), state.id}))
     get_run_logger().info("retirement %s of %s: phase %s", state.id, state.ref, phase.value)
@@ -74,11 +73,16 @@ def halt(request: RetirementRequest, retirement_id: str, reason: str) -> None:
 def enter_phase(request: RetirementRequest, retirement_id: str, phase: Phase) -> str:
     """Record that a phase starts; returns the retirement's status (a halted one does nothing more)."""
     svc, state = load(request, retirement_id)
-    if state.status in ("halted", "done"):
+    if state.stopped:
         return state.status
     if state.phase != phase or not state.history or state.history[-1].ended_at is not None:
         state.enter(phase)
-        svc.states.save(state)
+        try:
+            svc.states.save(state)
+        except StaleStateError:  # a cancel or a gate deadline landed a moment ago: it wins
+            if svc.states.refresh(state).stopped:
+                return state.status
+            raise
         run_id = flow_run.get_id()
         if run_id:  # the run's name says which phase it is in now
             with get_client(sync_client=True) as client:
@@ -91,7 +95,7 @@ def leave_phase(request: RetirementRequest, retirement_id: str, outcome: str) ->
     """Record how the current phase ended."""
     svc, state = load(request, retirement_id)
     state.leave(outcome)
-    svc.states.save(state)
+    svc.states.save(state)  # a stale copy fails loudly: the run stops and the reconciler looks again
     get_run_logger().info("%s: %s", state.phase.value, outcome)
 
 
@@ -105,6 +109,8 @@ def schedule(request: RetirementRequest, retirement_id: str, phase: Phase, at: d
     svc, state = load(request, retirement_id)
     count = state.scheduled.get(phase.value, 0) + 1
     state.scheduled[phase.value] = count
+    if state.stopped:
+        return None
     state.next_phase, state.next_run_at, state.status = phase, at, "waiting"
     svc.states.save(state)
     deployment_id = deployment.get_id()
@@ -156,9 +162,8 @@ def schedule_gate_expiry(request: RetirementRequest, retirement_id: str, key: st
         tags=[retirement_id],
         flow_run_name=f"retire {request.model} · gate deadline {key}",
     )
-    svc, state = load(request, retirement_id)
-    state.gate_expiry_run = str(run.id)
-    svc.states.save(state)
+    with services_for(request).states.transaction(retirement_id) as change:
+        change.state.gate_expiry_run = str(run.id)
     return str(run.id)
 
 
@@ -166,14 +171,21 @@ def schedule_gate_expiry(request: RetirementRequest, retirement_id: str, key: st
 def finish(request: RetirementRequest, retirement_id: str, summary: str) -> str:
     """Close the retirement: final report artifact, notification, claim released."""
     svc, state = load(request, retirement_id)
+    if state.stopped:
+        return state.status_reason
     state.leave(summary)
     state.status, state.status_reason, state.next_phase, state.next_run_at = "done", summary, None, None
-    svc.states.save(state)
-    svc.states.release(state.ref, state.id)
+    protocol.commit(svc, state, "outcome", "finish", detail={"summary": summary})  # the claim goes with it
     report = protocol.final_report(svc, state)
     create_markdown_artifact(report, key=f"{retirement_id}-report", description=f"Retirement of {state.ref}")
-    protocol.record(svc, state, "outcome", "finish", detail={"summary": summary})
     protocol.announce(
         svc, state, NotificationStatus.DONE, f"Retirement finished: {summary}", ui_url=flow_run.get_flow_run_ui_url()
     )
     return summary
+
+
+@task(cache_policy=NO_CACHE, name="retirement-status")
+def status(request: RetirementRequest, retirement_id: str) -> tuple[str, str]:
+    """The retirement's status and its reason, as stored now."""
+    state = services_for(request).states.load(retirement_id)
+    return state.status, state.status_reason

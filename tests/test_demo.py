@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from retirement.ledger import Ledger
+from retirement.bootstrap import stores
 from retirement.models import ModelRef
 from retirement.platforms.local import LocalRegistry
-from retirement.state import StateStore
+from retirement.settings import RetireSettings
 
 
 def _free_port() -> int:
@@ -61,7 +61,8 @@ def test_demo_auto_approve_retires_the_old_version(tmp_path: Path) -> None:
     registry = LocalRegistry(home / "local")
     assert not registry.exists(ModelRef(name="churn-model", version="1"))
     assert registry.aliases("churn-model")["production"] == "2"
-    (state,) = StateStore(home / "retirements").all()
+    ledger, states = stores(RetireSettings(home=home))
+    (state,) = states.all()
     assert state.status == "done" and state.receipt is not None and state.receipt.verified_gone
     assert state.backup_location and (Path(state.backup_location) / "manifest.json").exists()
-    assert Ledger(home / "ledger.jsonl").verify()[0] > 20
+    assert ledger.verify()[0] > 20

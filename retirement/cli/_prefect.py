@@ -121,7 +121,7 @@ def load_deployments(path: Path = PREFECT_YAML) -> list[Any]:
         ConfigError: prefect.yaml has an unknown key, a bad schedule or a bad entrypoint.
     """
     from prefect.flows import load_flow_from_entrypoint
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron, Interval
 
     config = yaml.safe_load(path.read_text())
     result = []
@@ -131,7 +131,9 @@ def load_deployments(path: Path = PREFECT_YAML) -> list[Any]:
             raise ConfigError(f"{path}: every deployment needs a name and an entrypoint")
         flow: Any = load_flow_from_entrypoint(str(PROJECT_DIR / spec["entrypoint"]))
         schedules = [
-            Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
+            Interval(s["interval"], active=s.get("active", True))
+            if "interval" in s
+            else Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
             for s in spec.get("schedules") or []
         ]
         result.append(
@@ -150,6 +152,8 @@ def serve_all(path: Path = PREFECT_YAML) -> None:
     """Serve every deployment of prefect.yaml from this process (blocks until interrupted)."""
     from prefect import serve
 
+    # Served runs beat too: a run whose process died is marked Crashed and the reconciler resumes it.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     sys.path.insert(0, str(PROJECT_DIR))
     serve(*load_deployments(path), print_starting_message=True)
 
@@ -172,28 +176,52 @@ def paused_runs(flow_run_ids: list[str] | None = None) -> list[Any]:
         return client.read_flow_runs(flow_run_filter=flow_filter)
 
 
-def cancel_runs(retirement_id: str) -> int:
-    """Cancel every scheduled or paused run of a retirement (found by its tag); returns how many."""
+def retirement_runs(retirement_id: str) -> list[Any]:
+    """Every flow run of a retirement (found by its tag), newest first."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        FlowRunFilterTags,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelled
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    waiting = [StateType.SCHEDULED, StateType.PAUSED, StateType.PENDING]
-    flow_filter = FlowRunFilter(
-        tags=FlowRunFilterTags(all_=[retirement_id]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting)),
-    )
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=flow_filter)
-        for run in runs:
-            client.set_flow_run_state(run.id, Cancelled(message=f"retirement {retirement_id} cancelled"), force=True)
-    return len(runs)
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[retirement_id])),
+            sort=FlowRunSort.START_TIME_DESC,
+        )
+
+
+LIVE_TYPES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+
+
+def cancel_runs(retirement_id: str) -> list[str]:
+    """Cancel every run of a retirement that is scheduled, waiting at a gate, pending or running.
+
+    Running runs are moved to Cancelling: their worker (or `retire serve`) stops the process.
+    Returns one line per run cancelled: its name and the state it was in.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import State
+    from prefect.states import Cancelled, Cancelling
+
+    message = f"retirement {retirement_id} cancelled"
+    said = []
+    with get_client(sync_client=True) as client:
+        for run in retirement_runs(retirement_id):
+            kind = run.state.type.value if run.state else ""
+            if kind not in LIVE_TYPES or kind == "CANCELLING":
+                continue
+            new: State = Cancelling(message=message) if kind == "RUNNING" else Cancelled(message=message)
+            client.set_flow_run_state(run.id, new, force=True)
+            said.append(f"{run.name} ({run.state.name if run.state else kind})")
+    return said
+
+
+def live_runs(retirement_id: str) -> list[Any]:
+    """Runs of a retirement that may still act on it (pending, running, being cancelled)."""
+    return [
+        r
+        for r in retirement_runs(retirement_id)
+        if r.state is not None and r.state.type.value in ("PENDING", "RUNNING", "CANCELLING")
+    ]
 
 
 def answer_gate(flow_run_id: str, answer: dict[str, Any]) -> str:

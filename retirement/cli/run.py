@@ -14,13 +14,12 @@ from typing import Any
 import httpx
 
 from retirement import protocol
-from retirement.bootstrap import services
+from retirement.bootstrap import services, stores
 from retirement.errors import ConfigError, ConflictError, InputError, NotFoundError, SafetyError
-from retirement.ledger import Ledger
 from retirement.models import RetirementRequest
 from retirement.render import dossier_markdown
 from retirement.settings import RetireSettings
-from retirement.state import RetirementState, StateStore
+from retirement.state import RetirementState
 
 DEPLOYMENT = "retire-model/retire-model"
 DEMO_REQUESTER = "demo-requester"
@@ -51,10 +50,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.set_defaults(func=_status)
 
     cancel = subparsers.add_parser(
-        "cancel", help="Stop a retirement: undo a soft delete, cancel its scheduled runs, release the model."
+        "cancel",
+        help="Stop a retirement for good: cancel its runs (running ones too), undo a soft delete or an unbaked "
+        "cutover, release the model.",
     )
     cancel.add_argument("retirement_id", metavar="ID")
     cancel.add_argument("--by", default=os.environ.get("USER", "operator"), help="Who cancels (for the ledger).")
+    cancel.add_argument(
+        "--wait", type=float, default=120, help="Seconds to wait for running runs to stop before undoing (120)."
+    )
     cancel.set_defaults(func=_cancel)
 
     check = subparsers.add_parser("check-deployments", help="Validate prefect.yaml offline (keys, crons, entrypoints).")
@@ -166,30 +170,65 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    states = StateStore(RetireSettings().state_dir)
+    settings = RetireSettings()
+    _, states = stores(settings)
+    found = [states.load(args.retirement_id)] if args.retirement_id else states.all()
+    runs = _run_truth(settings, [s for s in found if not s.stopped])
     if args.retirement_id:
-        print(_describe(states.load(args.retirement_id)))
+        print(_describe(found[0], runs.get(found[0].id)))
         return 0
-    found = states.all()
     if not found:
         print("no retirements yet")
     for state in found:
         nxt = (
             f" next {state.next_phase.value} at {state.next_run_at:%Y-%m-%d %H:%M:%S}"
-            if state.next_run_at and state.next_phase
+            if state.next_run_at and state.next_phase and not state.stopped
             else ""
         )
-        print(f"{state.id}  {state.ref}  {state.phase.value:<14} {state.status}{nxt}  {state.status_reason}")
+        truth = f" [{runs[state.id]}]" if state.id in runs else ""
+        print(f"{state.id}  {state.ref}  {state.phase.value:<14} {state.status}{nxt}{truth}  {state.status_reason}")
     return 0
 
 
-def _describe(state: RetirementState) -> str:
+def _run_truth(settings: RetireSettings, open_states: list[RetirementState]) -> dict[str, str]:
+    """For each open retirement, what carries it now: its live run, or why none does."""
+    if not open_states:
+        return {}
+    try:
+        from retirement.cli._prefect import LIVE_TYPES, retirement_runs, use_server
+
+        use_server(settings)
+        truth: dict[str, str] = {}
+        for state in open_states:
+            runs = retirement_runs(state.id)
+            live = [r for r in runs if r.state is not None and r.state.type.value in LIVE_TYPES]
+            if live:
+                run = live[0]
+                when = run.expected_start_time if run.state.type.value == "SCHEDULED" else None
+                truth[state.id] = f"live run {run.name}: {run.state.name}" + (
+                    f" at {when:%Y-%m-%d %H:%M:%S}" if when else ""
+                )
+            elif state.attention:
+                truth[state.id] = f"no live run: needs attention because {state.attention}"
+            elif state.resumes:
+                truth[state.id] = f"no live run: last resumed at {state.resumes[-1]['at'][11:16]} UTC"
+            else:
+                last = runs[0] if runs else None
+                ended = f"; its last run {last.name} ended {last.state.name}" if last and last.state else ""
+                truth[state.id] = f"no live run{ended}: the reconciler resumes it within a minute"
+        return truth
+    except Exception as exc:  # status must answer even when the Prefect API is down
+        return {s.id: f"Prefect API unreachable ({type(exc).__name__}): runs unknown" for s in open_states}
+
+
+def _describe(state: RetirementState, truth: str | None = None) -> str:
     lines = [
         f"{state.id}: {state.ref} on {state.ref.platform} - {state.status} {state.status_reason}".rstrip(),
         f"requested by {state.request.requester}: {state.request.reason}",
-        "",
-        "phases:",
     ]
+    if truth:
+        lines.append(truth)
+    lines += ["", "phases:"]
     for rec in state.history:
         took = f"{(rec.ended_at - rec.started_at).total_seconds():7.1f}s" if rec.ended_at else "   ...  "
         lines.append(f"  {rec.phase.value:<14} {rec.started_at:%H:%M:%S} {took}  {rec.outcome}")
@@ -202,27 +241,44 @@ def _describe(state: RetirementState) -> str:
         lines.append(
             f"deleted: {state.receipt.deleted_at:%Y-%m-%d %H:%M:%S} verified gone: {state.receipt.verified_gone}"
         )
-    if state.next_phase and state.next_run_at:
+    if state.resumes:
+        lines.append("resumed by the reconciler:")
+        lines += [f"  {r['at'][:19]} at {r['phase']}: {r['why']}" for r in state.resumes]
+    if state.next_phase and state.next_run_at and not state.stopped:
         lines.append(f"next: {state.next_phase.value} at {state.next_run_at.isoformat(timespec='seconds')}")
     return "\n".join(lines)
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from retirement.cli._prefect import cancel_runs, use_server
+    from retirement.cli._prefect import cancel_runs, live_runs, use_server
 
     settings = RetireSettings()
     use_server(settings)
-    state = StateStore(settings.state_dir).load(args.retirement_id)
-    if state.status in ("done", "halted"):
+    _, states = stores(settings)
+    state = states.load(args.retirement_id)
+    if state.stopped:
         raise InputError("ID", f"retirement {state.id} is already {state.status}", "a running or waiting retirement")
     svc = services(state.request.platform, list(state.request.traffic_sources))
     try:
-        protocol.undo_soft_delete(svc, state)
-        protocol.halt(svc, state, f"cancelled by {args.by}")
+        # First the store: from this commit on, every destructive call of every run refuses.
+        if not protocol.halt(svc, state, f"cancelled by {args.by}", status="cancelled", actor=args.by):
+            raise InputError("ID", f"retirement {state.id} was {state.status} meanwhile", "a running retirement")
+        cancelled = cancel_runs(state.id)
+        deadline = time.monotonic() + args.wait
+        while live_runs(state.id) and time.monotonic() < deadline:  # a call already under way finishes first
+            time.sleep(1)
+        still = [f"{r.name} ({r.state.name})" for r in live_runs(state.id)]
+        undone = protocol.compensate(svc, state)
     finally:
         svc.close()
-    cancelled = cancel_runs(state.id)
-    print(f"{state.id} cancelled: {state.ref} left in place; {cancelled} scheduled or waiting run(s) cancelled")
+    print(f"{state.id} cancelled by {args.by}: nothing destructive happens after this.")
+    print(f"runs cancelled ({len(cancelled)}): " + (", ".join(cancelled) or "none"))
+    for line in undone:
+        print(line)
+    if still:
+        print(f"still stopping after {args.wait:g} s (they refuse every destructive call): " + ", ".join(still))
+    if not any("deleted" in line for line in undone):
+        print(f"{state.ref} left in place.")
     return 0
 
 
@@ -431,7 +487,7 @@ def _trigger(request: RetirementRequest) -> str:
 
 
 def _wait(settings: RetireSettings, run_id: str, timeout: float, paused: Any, say: _Say) -> RetirementState:
-    states = StateStore(settings.state_dir)
+    _, states = stores(settings)
     deadline = time.monotonic() + timeout
     seen: tuple[str, str] | None = None
     answered: set[str] = set()
@@ -439,14 +495,14 @@ def _wait(settings: RetireSettings, run_id: str, timeout: float, paused: Any, sa
     while time.monotonic() < deadline:
         state = states.by_flow_run(run_id) or state
         failed = _failed_run([run_id, *(state.flow_runs if state else [])])
-        if failed is not None and (state is None or state.status not in ("done", "halted")):
+        if failed is not None and (state is None or not state.stopped):
             raise SafetyError(f"flow run {failed.name} ended {failed.state.name}: {failed.state.message}")
         if state is not None:
             here = (state.phase.value, state.status)
             if here != seen:
                 say(f"{state.ref}: {state.phase.value} - {state.status}")
                 seen = here
-            if state.status in ("done", "halted"):
+            if state.stopped:
                 return state
             if paused is not None:
                 for run in paused(state.flow_runs):
@@ -492,7 +548,7 @@ def _summary(settings: RetireSettings, state: RetirementState, traffic: dict[str
         lines.append(f"gateway now answers {old.status_code} for {state.ref}")
     except httpx.HTTPError:
         pass
-    count, last = Ledger(settings.ledger_file).verify()
+    count, last = stores(settings)[0].verify()
     lines.append(f"ledger verify: OK ({count} entries, last hash {last[:16]}...)")
     if state.receipt is not None:
         until = state.receipt.deleted_at + timedelta(days=state.request.backup_retention_days)

@@ -8,9 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 from retirement.backup.filesystem import FilesystemBackupStore
-from retirement.bootstrap import Services
+from retirement.bootstrap import Services, stores
 from retirement.errors import DeletionBlockedError, NotFoundError
-from retirement.ledger import Ledger
 from retirement.models import (
     Capabilities,
     DeletionBlocker,
@@ -28,7 +27,6 @@ from retirement.models import (
 )
 from retirement.platforms.base import Platform
 from retirement.settings import RetireSettings
-from retirement.state import StateStore
 
 
 class FakeRegistry:
@@ -222,9 +220,9 @@ def make_world(home: Path) -> World:
         platform=Platform(name="local", registry=registry, serving=serving, traffic=traffic),  # type: ignore[arg-type]
         traffic=[traffic],
         backups=FilesystemBackupStore(settings.backup_dir),
-        ledger=Ledger(settings.ledger_file),
+        ledger=stores(settings)[0],
         notifier=notifier,
-        states=StateStore(settings.state_dir),
+        states=stores(settings)[1],
     )
     return World(registry, serving, traffic, notifier, services, old, new)
 

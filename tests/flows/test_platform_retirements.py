@@ -18,13 +18,12 @@ import pytest
 import tasks._context
 from retirement import bootstrap
 from retirement.backup.filesystem import FilesystemBackupStore
-from retirement.bootstrap import Services
-from retirement.ledger import Ledger
+from retirement.bootstrap import Services, stores
 from retirement.models import RetirementRequest
 from retirement.platforms import Platform, get_platform
 from retirement.platforms.mlflow import MlflowRegistry, MlflowServing
 from retirement.settings import RetireSettings
-from retirement.state import RetirementState, StateStore
+from retirement.state import RetirementState
 from retirement.traffic.base import TrafficSource
 from tests.contract.test_registry_port import (
     MLFLOW_API,
@@ -74,9 +73,9 @@ class Retiring:
             platform=platform,
             traffic=own if traffic is None else traffic,
             backups=FilesystemBackupStore(settings.backup_dir),
-            ledger=Ledger(settings.ledger_file),
+            ledger=stores(settings)[0],
             notifier=RecordingNotifier(),
-            states=StateStore(settings.state_dir),
+            states=stores(settings)[1],
         )
         services = self.services
         bootstrap.use_factory(lambda name, sources: services)

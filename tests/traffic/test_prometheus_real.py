@@ -17,16 +17,15 @@ import pytest
 
 from retirement import protocol
 from retirement.backup.filesystem import FilesystemBackupStore
-from retirement.bootstrap import Services
+from retirement.bootstrap import Services, stores
 from retirement.errors import SafetyError
 from retirement.gateway.loadgen import TrafficGenerator
 from retirement.gateway.server import LOOPBACK, GatewayProcess, free_port
-from retirement.ledger import Ledger
 from retirement.models import ModelRef, RetirementRequest, TrafficVerdict, utcnow
 from retirement.platforms.base import Platform
 from retirement.platforms.local import GOLDEN_INPUTS, LocalRegistry, LocalServing
 from retirement.settings import RetireSettings
-from retirement.state import RetirementState, StateStore
+from retirement.state import RetirementState
 from retirement.traffic.prometheus import PrometheusSettings, PrometheusTrafficSource
 from tests.fakes.platform import RecordingNotifier
 from tests.fakes.prometheus import PrometheusServer
@@ -182,9 +181,9 @@ def _services(stack: Stack, source: PrometheusTrafficSource) -> Services:
         platform=Platform(name="local", registry=stack.registry, serving=serving, traffic=source),
         traffic=[source],
         backups=FilesystemBackupStore(home / "backups"),
-        ledger=Ledger(home / "ledger.jsonl"),
+        ledger=stores(stack.settings)[0],
         notifier=RecordingNotifier(),
-        states=StateStore(home / "retirements"),
+        states=stores(stack.settings)[1],
     )
 
 

@@ -1,0 +1,89 @@
+"""The reconciler's judgement: for each open retirement, is a run carrying it, or must one be started?
+
+Runs are lost in ways no run can report itself: a worker killed with its flow-run processes, a server
+restart, a run that failed on a transient error. The reconciler looks at every open retirement and its
+flow runs (plain facts handed in, no Prefect here) and decides: leave it, resume it at the phase it
+reached, or ask a person, saying why. A retirement never stays "running" with nothing running it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from retirement.models import Phase
+from retirement.state import RetirementState
+
+# Run states (Prefect's StateType values) in which a run still carries its retirement.
+LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"})
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the reconciler needs to know of one flow run."""
+
+    id: str
+    name: str
+    state_type: str
+    state_name: str
+    message: str
+    started: datetime | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one retirement."""
+
+    retirement_id: str
+    action: Literal["leave", "resume", "attention"]
+    reason: str
+    phase: Phase | None = None
+    at: datetime | None = None
+
+
+def decide(
+    state: RetirementState,
+    runs: list[RunView],
+    now: datetime,
+    *,
+    max_resumes: int = 5,
+    settle: timedelta = timedelta(seconds=30),
+) -> Decision:
+    """Judge one retirement from its stored state and its flow runs."""
+    rid = state.id
+    if state.stopped:
+        return Decision(rid, "leave", f"{state.status}: nothing to carry")
+    live = [r for r in runs if r.state_type in LIVE_STATES]
+    if live:
+        run = live[0]
+        return Decision(rid, "leave", f"live run {run.name} ({run.state_name})")
+    ended = sorted((r for r in runs if r.started is not None), key=lambda r: r.started or now)
+    last = ended[-1] if ended else None
+    if last is not None and last.state_type == "CANCELLED" and last.message.startswith("retirement"):
+        pass  # cancelled by the retirement itself (a gate deadline, an answered gate): not a person's stop
+    elif last is not None and last.state_type == "CANCELLED":
+        return Decision(
+            rid,
+            "attention",
+            f"its run {last.name} was cancelled by hand ({last.message or 'no message'}); stop the retirement with "
+            f"`retire cancel {rid}` or let it go on with `retire resume {rid}`",
+        )
+    if state.status == "waiting" and state.next_phase is not None:
+        phase, at = state.next_phase, max(now, state.next_run_at or now)
+    else:
+        phase, at = state.phase, now
+    if last is not None and last.started is not None and now - last.started < settle and last.state_type == "COMPLETED":
+        return Decision(rid, "leave", f"run {last.name} just ended; looking again shortly")
+    same = [r for r in state.resumes if r.get("phase") == phase.value]
+    if len(same) >= max_resumes:
+        why = f"the last run {last.name} ended {last.state_name}: {last.message}" if last else "no run is left"
+        return Decision(
+            rid,
+            "attention",
+            f"resumed {len(same)} times at phase {phase.value} without getting past it; {why}",
+        )
+    why = f"its last run {last.name} ended {last.state_name}" if last else "it has no run"
+    if last is not None and last.message:
+        why += f" ({last.message[:200]})"
+    return Decision(rid, "resume", why, phase=phase, at=at)
