@@ -17,7 +17,7 @@ import os
 import re
 import threading
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -57,10 +57,11 @@ _SECRET_VALUE_RES = [
 ]
 _URL_USERINFO_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)
 
-# The credential variables the product reads (platforms, Slack, Prometheus): their values are
-# secrets wherever they appear. RETIRE_BAILO_CLIENT_KEY is a path to a key file, not a key.
+# The credential variables the product reads (platforms, Slack, Prometheus, the database URL):
+# their values are secrets wherever they appear. RETIRE_BAILO_CLIENT_KEY is a path to a key file, not a key.
 _SECRET_ENV_RE = re.compile(
-    r"^(RETIRE|OPENAI|REPLICATE|MLFLOW|DATATURE)_\w*(TOKEN|SECRET\w*|PASSWORD|_KEY|AUTH\w*|WEBHOOK\w*|CREDENTIAL\w*)$"
+    r"^(RETIRE|OPENAI|REPLICATE|MLFLOW|DATATURE)_\w*"
+    r"(TOKEN|SECRET\w*|PASSWORD|_KEY|AUTH\w*|WEBHOOK\w*|CREDENTIAL\w*|DATABASE_URL)$"
 )
 _NOT_SECRET_ENV = frozenset({"RETIRE_BAILO_CLIENT_KEY"})
 # Shorter values are not treated as secrets: replacing every "1" or "abc" would garble messages.
@@ -71,15 +72,19 @@ _lock = threading.Lock()
 
 
 def _parts(value: str) -> set[str]:
-    """``value`` and the parts of it that are secret on their own: the credential of ``Scheme credential``
-    (an Authorization header), the path and query of a URL (a webhook URL's secret is its path)."""
-    parts = {value}
-    scheme, space, credential = value.strip().partition(" ")
-    if space and scheme.isalpha() and " " not in credential.strip():
-        parts.add(credential.strip())
+    """The parts of a configured value that are secret: the value itself; the credential of ``Scheme credential``
+    (an Authorization header); of a URL, its password (a database URL) and, for http(s), its path and query
+    (a webhook URL's secret is its path) instead of the whole URL."""
     url = urlsplit(value) if "://" in value else None
-    if url is not None and url.scheme in ("http", "https"):
-        parts.add(url.path + (f"?{url.query}" if url.query else ""))
+    if url is not None:
+        parts = {url.password or "", unquote(url.password or "")}
+        if url.scheme in ("http", "https"):
+            parts.add(url.path + (f"?{url.query}" if url.query else ""))
+    else:
+        parts = {value}
+        scheme, space, credential = value.strip().partition(" ")
+        if space and scheme.isalpha() and " " not in credential.strip():
+            parts.add(credential.strip())
     return {p for p in parts if len(p) >= MIN_SECRET_LENGTH}
 
 

@@ -9,14 +9,15 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from retirement import protocol
-from retirement.bootstrap import services, stores
+from retirement.bootstrap import Services, services, stores, traffic_sources
 from retirement.errors import ConfigError, ConflictError, InputError, NotFoundError, SafetyError
 from retirement.models import RetirementRequest
+from retirement.platforms import get_platform
 from retirement.render import dossier_markdown
 from retirement.settings import RetireSettings
 from retirement.state import RetirementState
@@ -124,14 +125,46 @@ def _request(args: argparse.Namespace) -> RetirementRequest:
     return RetirementRequest.model_validate(data)
 
 
+class _Reading:
+    """What `retire plan` reads, and what `retire start` checks before it starts a run: the settings, the platform
+    and the request's traffic sources.
+
+    Building it opens nothing under RETIRE_HOME (no database, ledger or retirement store, which plan never reads and
+    start leaves to the run), so a request refused here leaves nothing behind. The protocol's checks and dossier read
+    only these three services.
+    """
+
+    def __init__(self, request: RetirementRequest) -> None:
+        self.settings = RetireSettings()
+        self.platform = get_platform(request.platform, self.settings)
+        try:
+            self.traffic = traffic_sources(list(request.traffic_sources), self.platform, self.settings)
+        except BaseException:
+            self.platform.close()
+            raise
+
+    @property
+    def services(self) -> Services:
+        """These services where the protocol takes Services (it reads no others for limits and dossiers)."""
+        return cast(Services, self)
+
+    def close(self) -> None:
+        """Release the adapters' clients."""
+        self.platform.close()
+        for source in self.traffic:
+            closer = getattr(source, "close", None)
+            if callable(closer):
+                closer()
+
+
 def _plan(args: argparse.Namespace) -> int:
     request = _request(args)
-    svc = services(request.platform, list(request.traffic_sources))
+    reading = _Reading(request)
     try:
-        protocol.check_limits(request, svc)
-        dossier = protocol.build_dossier(svc, request)
+        protocol.check_limits(request, reading.services)
+        dossier = protocol.build_dossier(reading.services, request)
     finally:
-        svc.close()
+        reading.close()
     print(dossier.model_dump_json(indent=2) if args.json else dossier_markdown(dossier, request))
     return 0
 
@@ -143,7 +176,18 @@ def _start(args: argparse.Namespace) -> int:
     from retirement.cli._prefect import use_server
 
     request = _request(args)
-    protocol.check_limits(request, services(request.platform, list(request.traffic_sources)))
+    # Everything the run would refuse at once is refused here, before it opens the retirement (a ledger line,
+    # a state, the model's claim): the limits, the traffic sources, the platform's rules for references, and
+    # versions that do not exist.
+    reading = _Reading(request)
+    try:
+        protocol.check_limits(request, reading.services)
+        registry = reading.platform.registry
+        for field, ref in (("model", request.ref), ("replacement", request.replacement_ref)):
+            if ref is not None and not registry.exists(ref):
+                raise InputError(field, f"{ref} does not exist on {ref.platform}", "an existing version")
+    finally:
+        reading.close()
     use_server(RetireSettings())
     run: FlowRun = run_deployment(  # type: ignore[assignment]
         DEPLOYMENT, parameters={"request": request.model_dump(mode="json")}, timeout=0, as_subflow=False
