@@ -76,8 +76,13 @@ def verify_leg(request: RetirementRequest, rid: str) -> Next:
 
 def backup_leg(request: RetirementRequest, rid: str) -> Next:
     """6. Backup written and verified; the deletion is approved with the typed reference."""
-    backup.backup(request, rid)
-    ask(request, rid, GATE_DELETION, "Approve the deletion", f"{request.model} will be deleted permanently.")
+    for _ in range(3):  # a backup that fails verification at the gate is re-taken and the gate asked again
+        backup.backup(request, rid)
+        ask(request, rid, GATE_DELETION, "Approve the deletion", f"{request.model} will be deleted permanently.")
+        if backup.approved_backup_verifies(request, rid):
+            break
+    else:
+        raise SafetyError("the backup failed verification three times after it was approved; nothing deleted")
     if request.soft_delete and delete.soft_delete(request, rid) != "no soft step":
         return Phase.DELETE, now() + timedelta(hours=request.pending_delete_hours)
     return Phase.DELETE, now()

@@ -51,12 +51,23 @@ def open_gate(
             f"The requester ({request.requester}) cannot approve the deletion.",
         ]
     if gate == protocol.GATE_DELETION:
-        extra += ["", f"Backup (verified): `{state.backup_location}`", "", *protocol.deletion_brief(svc, state)]
+        extra += ["", f"Backup (verified): `{state.backup_location}`"]
+        extra += [f"Backup manifest sha256: `{state.backup_manifest_sha256}` (the approval binds to it)"]
+        for bad in state.tampered_backups:
+            extra += [
+                "",
+                f"**An earlier backup failed verification** at `{bad['location']}` "
+                f"(manifest `{bad['manifest_sha256']}`): " + "; ".join(bad["mismatches"][:10]),
+                "A fresh backup was taken (above); nothing was deleted.",
+            ]
+        extra += ["", *protocol.deletion_brief(svc, state)]
     description = gate_markdown(title, what, state.dossier, extra)
     if answered is None and state.pending_gate != key:
         if state.stopped:
             raise RetirementStoppedError(state.id, state.status, state.status_reason, f"asking {gate}")
         state.pending_gate, state.gate_run, state.status = key, run_id, "awaiting_approval"
+        if gate == protocol.GATE_DELETION:
+            state.gate_manifest = state.backup_manifest_sha256
         state.gate_deadline = utcnow() + timedelta(hours=request.gate_timeout_hours)
         protocol.commit(svc, state, "intent", f"gate:{gate}", detail={"key": key, "approvers": approvers})
         protocol.announce(

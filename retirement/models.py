@@ -456,6 +456,10 @@ class Approval(BaseModel):
     approver: str = Field(description="Who answered.")
     comment: str = Field(default="", description="The approver's comment.")
     at: datetime = Field(default_factory=utcnow, description="When.")
+    backup_manifest_sha256: str | None = Field(
+        default=None, description="Deletion gate: the SHA-256 of the backup manifest the approver was shown."
+    )
+    backup_location: str | None = Field(default=None, description="Deletion gate: the backup the approver was shown.")
 
 
 class SmokeResult(BaseModel):

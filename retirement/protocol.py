@@ -43,7 +43,7 @@ from retirement.models import (
     TrafficVerdict,
     utcnow,
 )
-from retirement.state import Entry, RetirementState, adopt, new_retirement_id
+from retirement.state import DELETION_GATE, Entry, RetirementState, adopt, new_retirement_id
 from retirement.traffic.verdict import observe
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ Clock = Callable[[], datetime]
 GATE_PLAN = "approve-plan"
 GATE_CUTOVER = "approve-cutover"
 GATE_MANUAL_CUTOVER = "confirm-manual-cutover"
-GATE_DELETION = "approve-deletion"
+GATE_DELETION = DELETION_GATE
 
 
 # --- opening --------------------------------------------------------------------------------------
@@ -647,6 +647,45 @@ def manifest_digest(manifest_json: str) -> str:
     return hashlib.sha256(manifest_json.encode()).hexdigest()
 
 
+def tampered_backup(svc: Services, state: RetirementState, mismatches: list[str]) -> None:
+    """A verified backup no longer verifies: record how, alert, and make the deletion gate ask again.
+
+    The retirement never deletes against a backup no approver saw: the next backup gets a new gate key,
+    and an approval of the old manifest no longer counts (:meth:`RetirementState.approval`).
+    """
+    tampered = {
+        "location": state.backup_location,
+        "manifest_sha256": state.backup_manifest_sha256,
+        "mismatches": mismatches,
+        "found_at": utcnow().isoformat(),
+    }
+    state.tampered_backups.append(tampered)
+    state.gate_attempts[GATE_DELETION] = state.gate_attempts.get(GATE_DELETION, 1) + 1  # a new pause key
+    state.gate_manifest = None
+    state.pending_gate = None
+    location = state.backup_location
+    state.backup_location = state.backup_manifest_sha256 = None  # the next backup phase takes a fresh one
+    commit(svc, state, "notice", "backup-tampered", detail=tampered)
+    announce(
+        svc,
+        state,
+        NotificationStatus.ALERT,
+        f"The backup at {location} no longer verifies ({'; '.join(mismatches[:5])}). "
+        "A fresh backup is being taken; the deletion will be asked again. Nothing was deleted.",
+    )
+
+
+def backup_still_approved(svc: Services, state: RetirementState) -> bool:
+    """Right after the deletion gate: the approved backup still verifies (else the tamper is recorded)."""
+    if state.backup_location is None:
+        return False
+    report = svc.backups.verify(state.backup_location)
+    if report.ok:
+        return True
+    tampered_backup(svc, state, report.mismatches)
+    return False
+
+
 def backup(
     svc: Services,
     state: RetirementState,
@@ -658,7 +697,7 @@ def backup(
         report = svc.backups.verify(state.backup_location)
         if report.ok:
             return state.backup_location
-        record(svc, state, "notice", "backup-stale", detail={"mismatches": report.mismatches})
+        tampered_backup(svc, state, report.mismatches)
     registry = svc.platform.registry
     caps = registry.capabilities
     record(svc, state, "intent", "backup", detail={"exports": caps.exports, "not_exportable": caps.not_exportable})
@@ -736,6 +775,9 @@ def check_answer(
     approval = Approval(
         gate=gate, decision="approve" if decision == "approve" else "reject", approver=approver, comment=comment
     )
+    if gate == GATE_DELETION:  # the approval says which backup it approved
+        approval.backup_manifest_sha256 = state.gate_manifest or state.backup_manifest_sha256
+        approval.backup_location = state.backup_location
     state.approvals.append(approval)
     state.pending_gate = None
     state.gate_deadline = None
@@ -757,6 +799,11 @@ def require_approval(state: RetirementState, gate: str) -> Approval:
         raise ApprovalError(f"gate {gate} was answered by {approval.approver!r}, who is not an approver")
     if gate == GATE_DELETION and approval.approver == state.request.requester:
         raise ApprovalError("the deletion gate was approved by the requester")
+    if gate == GATE_DELETION and approval.backup_manifest_sha256 != state.backup_manifest_sha256:
+        raise ApprovalError(
+            f"the deletion was approved for backup manifest {approval.backup_manifest_sha256}, "
+            f"not for the backup now recorded ({state.backup_manifest_sha256})"
+        )
     return approval
 
 

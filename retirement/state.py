@@ -50,6 +50,8 @@ from retirement.models import (
 
 logger = logging.getLogger(__name__)
 
+DELETION_GATE = "approve-deletion"  # its approval binds to one backup manifest
+
 Status = Literal["running", "waiting", "awaiting_approval", "halted", "cancelled", "done"]
 TERMINAL: frozenset[str] = frozenset({"halted", "cancelled", "done"})
 OPEN: tuple[str, ...] = ("running", "waiting", "awaiting_approval")
@@ -110,6 +112,12 @@ class RetirementState(BaseModel):
     resumes: list[dict[str, Any]] = Field(
         default_factory=list, description="Each time the reconciler resumed this retirement: when, why, which run."
     )
+    gate_manifest: str | None = Field(
+        default=None, description="The backup manifest SHA-256 shown at the open deletion gate."
+    )
+    tampered_backups: list[dict[str, Any]] = Field(
+        default_factory=list, description="Backups that failed verification after they were taken: where, how."
+    )
     attention: str = Field(
         default="", description="Why a person must look at this retirement, if the system cannot go on."
     )
@@ -125,8 +133,16 @@ class RetirementState(BaseModel):
         return self.request.ref
 
     def approval(self, gate: str) -> Approval | None:
-        """The latest decision recorded for ``gate``, if any."""
+        """The latest decision recorded for ``gate``, if any.
+
+        A deletion approval counts only for the backup it was shown: once the backup is re-taken (the
+        first one failed verification), the gate has no answer until someone approves the new one.
+        """
         found = [a for a in self.approvals if a.gate == gate]
+        if gate == DELETION_GATE:
+            found = [
+                a for a in found if a.decision == "reject" or a.backup_manifest_sha256 == self.backup_manifest_sha256
+            ]
         return found[-1] if found else None
 
     def enter(self, phase: Phase) -> None:

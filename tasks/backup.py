@@ -41,3 +41,13 @@ def backup(request: RetirementRequest, retirement_id: str) -> str:
         manifest.total_bytes,
     )
     return location
+
+
+@task(name="approved-backup-verifies", cache_policy=NO_CACHE)
+def approved_backup_verifies(request: RetirementRequest, retirement_id: str) -> bool:
+    """After the deletion gate: the backup the approver saw still verifies (a failure is recorded and alerted)."""
+    svc, state = load(request, retirement_id)
+    ok = protocol.backup_still_approved(svc, state)
+    if not ok:
+        get_run_logger().error("the approved backup of %s no longer verifies: asking again", state.ref)
+    return ok

@@ -86,12 +86,31 @@ def test_no_delete_without_deletion_approval(world: World) -> None:
     assert ("delete", "churn-model@1") not in world.registry.calls
 
 
+def test_a_deletion_approval_counts_only_for_the_backup_it_was_shown(world: World) -> None:
+    state = _to_backup(world)
+    _approve(state, protocol.GATE_DELETION)
+    approved = state.backup_manifest_sha256
+    assert state.approval(protocol.GATE_DELETION) is not None
+    protocol.backup_still_approved(world.services, state)  # verifies: nothing changes
+    assert state.backup_manifest_sha256 == approved
+    state.backup_manifest_sha256 = "0" * 64  # a backup re-taken after the approval
+    assert state.approval(protocol.GATE_DELETION) is None
+    with pytest.raises(SafetyError, match="no recorded decision"):
+        protocol.delete(world.services, state, _later(state))  # type: ignore[arg-type]
+    assert world.registry.exists(world.old)
+
+
 def test_requester_cannot_approve_deletion(world: World) -> None:
     state = _to_backup(world)
     with pytest.raises(ApprovalError, match="other than the requester"):
         _approve(state, protocol.GATE_DELETION, approver="alice")
     # Even a forged record of such an approval does not let the delete through.
-    state.approvals.append(state.approvals[-1].model_copy(update={"gate": protocol.GATE_DELETION, "approver": "alice"}))
+    forged = {
+        "gate": protocol.GATE_DELETION,
+        "approver": "alice",
+        "backup_manifest_sha256": state.backup_manifest_sha256,
+    }
+    state.approvals.append(state.approvals[-1].model_copy(update=forged))
     with pytest.raises(SafetyError, match="approved by the requester"):
         protocol.delete(world.services, state, _later(state))  # type: ignore[arg-type]
     assert world.registry.exists(world.old)
