@@ -29,6 +29,7 @@ class RunView:
     state_name: str
     message: str
     started: datetime | None
+    since: datetime | None = None  # when the run entered its current state
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Decision:
     reason: str
     phase: Phase | None = None
     at: datetime | None = None
+    lost: tuple[str, ...] = ()  # runs stuck Pending past the limit: marked Crashed before the resume
 
 
 def decide(
@@ -49,12 +51,20 @@ def decide(
     *,
     max_resumes: int = 5,
     settle: timedelta = timedelta(seconds=30),
+    pending_limit: timedelta = timedelta(minutes=5),
 ) -> Decision:
-    """Judge one retirement from its stored state and its flow runs."""
+    """Judge one retirement from its stored state and its flow runs.
+
+    A run Pending for longer than ``pending_limit`` was lost with the worker that picked it up (it never
+    started, so it never beat): it no longer counts as carrying the retirement.
+    """
     rid = state.id
     if state.stopped:
         return Decision(rid, "leave", f"{state.status}: nothing to carry")
-    live = [r for r in runs if r.state_type in LIVE_STATES]
+    lost = tuple(
+        r.id for r in runs if r.state_type == "PENDING" and r.since is not None and now - r.since > pending_limit
+    )
+    live = [r for r in runs if r.state_type in LIVE_STATES and r.id not in lost]
     if live:
         run = live[0]
         return Decision(rid, "leave", f"live run {run.name} ({run.state_name})")
@@ -86,4 +96,8 @@ def decide(
     why = f"its last run {last.name} ended {last.state_name}" if last else "it has no run"
     if last is not None and last.message:
         why += f" ({last.message[:200]})"
-    return Decision(rid, "resume", why, phase=phase, at=at)
+    if lost:
+        why = (
+            f"{len(lost)} run(s) stuck Pending for over {pending_limit.total_seconds() / 60:g} min (lost with a worker)"
+        )
+    return Decision(rid, "resume", why, phase=phase, at=at, lost=lost)

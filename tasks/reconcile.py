@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.automations import Automation
@@ -14,6 +15,7 @@ from prefect.deployments import run_deployment
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
+from prefect.states import Crashed
 
 from retirement import bootstrap, protocol
 from retirement.models import NotificationStatus, utcnow
@@ -34,6 +36,7 @@ def _view(run: FlowRun) -> RunView:
         state_name=(state.name or state.type.value) if state else "unknown",
         message=(state.message or "") if state else "",
         started=run.start_time or run.expected_start_time or run.created,
+        since=state.timestamp if state else None,
     )
 
 
@@ -111,6 +114,12 @@ def resume(decision: Decision, request: dict[str, object]) -> str:
         state = svc.states.load(decision.retirement_id)
         if state.stopped:
             return f"{decision.retirement_id} stopped meanwhile"
+        if decision.lost:
+            with get_client(sync_client=True) as client:
+                for run_id in decision.lost:
+                    client.set_flow_run_state(
+                        UUID(run_id), Crashed(message="stuck Pending: lost with its worker"), force=True
+                    )
         # Two reconcilers judging at once compute the same key and get the same run.
         count = len(state.resumes) + 1
         run: FlowRun = run_deployment(  # type: ignore[assignment]

@@ -71,3 +71,13 @@ def test_stopped_retirements_and_just_finished_runs_are_left() -> None:
     for status in ("halted", "cancelled", "done"):
         assert decide(_state(status=status), [_run("FAILED")], NOW).action == "leave"
     assert decide(_state(), [_run("COMPLETED", ago=5)], NOW).action == "leave"
+
+
+def test_a_run_stuck_pending_past_the_limit_was_lost_with_its_worker() -> None:
+    stuck = RunView(
+        "run-p", "retire churn-model@1 · backup", "PENDING", "Pending", "", None, NOW - timedelta(minutes=9)
+    )
+    decision = decide(_state(phase=Phase.BACKUP), [stuck], NOW)
+    assert decision.action == "resume" and decision.lost == ("run-p",) and "stuck Pending" in decision.reason
+    fresh = RunView("run-q", "x", "PENDING", "Pending", "", None, NOW - timedelta(seconds=20))
+    assert decide(_state(phase=Phase.BACKUP), [fresh], NOW).action == "leave"
