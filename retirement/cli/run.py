@@ -16,7 +16,7 @@ import httpx
 from retirement import protocol
 from retirement.bootstrap import Services, services, stores, traffic_sources
 from retirement.errors import ConfigError, ConflictError, InputError, NotFoundError, SafetyError
-from retirement.models import RetirementRequest
+from retirement.models import RetirementRequest, utcnow
 from retirement.platforms import get_platform
 from retirement.render import dossier_markdown
 from retirement.settings import RetireSettings
@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--wait", type=float, default=120, help="Seconds to wait for running runs to stop before undoing (120)."
     )
     cancel.set_defaults(func=_cancel)
+
+    resume = subparsers.add_parser(
+        "resume", help="Start a run of an open retirement at the phase it reached (after a 'needs attention')."
+    )
+    resume.add_argument("retirement_id", metavar="ID")
+    resume.add_argument("--by", default=os.environ.get("USER", "operator"), help="Who resumes (for the ledger).")
+    resume.set_defaults(func=_resume)
 
     check = subparsers.add_parser("check-deployments", help="Validate prefect.yaml offline (keys, crons, entrypoints).")
     check.set_defaults(func=_check_deployments)
@@ -194,6 +201,42 @@ def _start(args: argparse.Namespace) -> int:
     )
     print(f"started retirement of {request.model}: flow run {run.name} ({run.id})")
     print(f"follow it with `retire status`; answer gates in the UI or with `retire approve {run.id} ...`")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    from retirement.cli._prefect import live_runs, use_server
+
+    settings = RetireSettings()
+    use_server(settings)
+    _, states = stores(settings)
+    state = states.load(args.retirement_id)
+    if state.stopped:
+        raise InputError("ID", f"retirement {state.id} is {state.status}: it cannot go on", "an open retirement")
+    busy = live_runs(state.id)
+    if busy:
+        raise ConflictError(f"retirement {state.id} is carried by run {busy[0].name} ({busy[0].state.name}) already")
+    phase = state.next_phase if state.status == "waiting" and state.next_phase else state.phase
+    count = len(state.resumes) + 1
+    run: FlowRun = run_deployment(  # type: ignore[assignment]
+        DEPLOYMENT,
+        parameters={"request": state.request.model_dump(mode="json"), "phase": phase.value, "retirement_id": state.id},
+        timeout=0,
+        as_subflow=False,
+        idempotency_key=f"{state.id}:resume:{count}",
+        tags=[state.id],
+        flow_run_name=f"retire {state.ref} · {phase.value}",
+    )
+    with states.transaction(state.id) as change:
+        change.state.attention = ""
+        change.state.resumes.append(
+            {"at": utcnow().isoformat(), "phase": phase.value, "run": str(run.id), "why": f"resumed by {args.by}"}
+        )
+        change.record("decision", "resume", actor=args.by, detail={"phase": phase.value, "flow_run": str(run.id)})
+    print(f"{state.id} resumed at {phase.value} by {args.by}: flow run {run.name} ({run.id})")
     return 0
 
 
