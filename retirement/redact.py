@@ -13,6 +13,7 @@ Three nets, applied together by :func:`redact_text` (and to every string :func:`
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import threading
@@ -110,7 +111,8 @@ def known_secrets() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=8)
 def _values_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
-    forms = {form for s in secrets for form in (s, quote(s, safe=""), quote_plus(s))}
+    # As sent in a query string or form (httpx encodes like quote_plus), in a path, and inside JSON.
+    forms = {form for s in secrets for form in (s, quote(s, safe=""), quote_plus(s), json.dumps(s)[1:-1])}
     # A secret can carry a shorter one (a webhook URL holds its token; a bearer header holds its key): longest first.
     alternatives = sorted(forms, key=len, reverse=True)
     return re.compile("|".join(re.escape(a) for a in alternatives)) if alternatives else None
