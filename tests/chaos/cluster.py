@@ -41,6 +41,36 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def listening_pids(port: int) -> set[int]:
+    """The processes holding a TCP socket that listens on ``port`` (any address), from /proc."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    found: set[int] = set()
+    for entry in os.listdir("/proc") if inodes else []:
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                        found.add(int(entry))
+                        break
+    return found
+
+
+def owns_port(pid: int, port: int) -> bool:
+    """True when ``pid`` or one of its descendants listens on ``port`` (not some other process)."""
+    return bool(listening_pids(port) & {pid, *descendants(pid)})
+
+
 def tail(path: Path, lines: int = 60) -> str:
     """The last ``lines`` lines of a log file ('' when it does not exist)."""
     try:
@@ -73,17 +103,19 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, interval: f
 # --- processes ------------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, process group) of ``pid`` from /proc, or None when it is gone."""
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, process group, start time) of a living ``pid`` from /proc; None when gone or a zombie."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rfind(")") + 2 :].split()
-    return int(fields[1]), int(fields[2])
+    if fields[0] == "Z":
+        return None
+    return int(fields[1]), int(fields[2]), int(fields[19])
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
+def _process_table() -> dict[int, tuple[int, int, int]]:
     table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (found := _stat(int(entry))) is not None:
@@ -93,9 +125,8 @@ def _process_table() -> dict[int, tuple[int, int]]:
 
 def descendants(pid: int) -> list[int]:
     """Every living descendant of ``pid`` (children, their children, ...), from /proc."""
-    table = _process_table()
     children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
+    for child, (parent, _, _) in _process_table().items():
         children.setdefault(parent, []).append(child)
     found: list[int] = []
     todo = list(children.get(pid, []))
@@ -106,55 +137,64 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
-    """Send ``sig`` to ``pid``, its process group, every descendant and their process groups.
+def _snapshot(pid: int) -> dict[int, int]:
+    """``pid``, its descendants and every member of their process groups, each with its start time.
 
-    The tree is read before any signal is sent (a killed parent's children are re-parented and could
-    no longer be found), and read again afterwards for anything forked in between. Returns the pids
-    signalled.
+    Start times tell a process from a later one that reused its pid. Read before any signal is sent:
+    a killed parent's children are re-parented and could no longer be found through it.
+    """
+    table = _process_table()
+    tree = [p for p in [pid, *descendants(pid)] if p in table]
+    groups = {table[p][1] for p in tree} - {os.getpgrp(), 0, 1}
+    members = [p for p, (_, group, _) in table.items() if group in groups]
+    return {p: table[p][2] for p in {*tree, *members} if p not in (os.getpid(), 1)}
+
+
+def _kill_known(known: dict[int, int], sig: int = signal.SIGKILL) -> list[int]:
+    """Signal the processes of a snapshot that still run (same pid, same start time)."""
+    signalled = []
+    for pid, started in known.items():
+        now = _stat(pid)
+        if now is not None and now[2] == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                signalled.append(pid)
+    return signalled
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    """Send ``sig`` to ``pid``, every descendant and every member of their process groups; return the pids.
+
+    ``pid`` must be the process meant: a child of this process not yet waited for, or one whose start
+    time was checked (a pid can be reused). Read again after each round for anything forked in between.
     """
     signalled: set[int] = set()
     for _ in range(3):
-        table = _process_table()
-        tree = [p for p in [pid, *descendants(pid)] if p in table and p not in signalled]
-        groups = {table[p][1] for p in tree} - {os.getpgrp()}
-        members = [p for p, (_, group) in table.items() if group in groups and p != os.getpid()]
-        targets = sorted(set(tree) | set(members))
-        if not targets:
+        known = {p: started for p, started in _snapshot(pid).items() if p not in signalled}
+        if not known:
             break
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, sig)
-        for target in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(target, sig)
-        signalled.update(targets)
+        signalled.update(_kill_known(known, sig))
         time.sleep(0.05)
     return sorted(signalled)
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rfind(")") + 2] != "Z"
+    return _stat(pid) is not None
 
 
 def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
-    """Stop a child started in its own session: SIGTERM to its group, then SIGKILL to its whole tree."""
+    """Stop a child started in its own session: SIGTERM to its group, then SIGKILL to whatever of its tree is left."""
     if process is None:
         return
     if process.poll() is None:
-        tree = [process.pid, *descendants(process.pid)]
+        known = _snapshot(process.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout)
-        kill_tree(process.pid)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            kill_tree(process.pid)
+        _kill_known(known)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(10)
 
@@ -223,6 +263,7 @@ class PostgresCluster:
         self.root: Path | None = None
         self.pid: int | None = None
         self._bindir: Path | None = None
+        self._started = 0
 
     @property
     def data_dir(self) -> Path:
@@ -251,6 +292,14 @@ class PostgresCluster:
     def dsn(self, db: str = "retire") -> str:
         """libpq connection string of ``db`` (for psycopg.connect), over TCP as the owning role."""
         return f"host={LOOPBACK} port={self.port} user={self.user} password={self.password} dbname={db}"
+
+    def query(self, sql: str, params: Any = None, db: str = "retire") -> list[tuple[Any, ...]]:
+        """Rows of one SQL statement on ``db``, as the owning role over TCP (to look, not to change)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(db), connect_timeout=10) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
 
     def _as_postgres(self, cmd: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
@@ -291,12 +340,10 @@ class PostgresCluster:
             ),
             "initdb",
         )
-        self.port = free_port()
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# chaos test cluster\n"
                 f"listen_addresses = '{LOOPBACK}'\n"
-                f"port = {self.port}\n"
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 f"max_connections = {self.max_connections}\n"
                 "shared_buffers = 64MB\n"
@@ -307,25 +354,23 @@ class PostgresCluster:
                 "log_min_messages = warning\n"
             )
         try:
-            _run(
-                self._as_postgres(
-                    [
-                        self._bin("pg_ctl"),
-                        "-D",
-                        str(self.data_dir),
-                        "-l",
-                        str(self.log_file),
-                        "-w",
-                        "-t",
-                        str(int(self.startup_timeout)),
-                        "start",
-                    ]
-                ),
-                "pg_ctl start",
-                timeout=self.startup_timeout + 30,
-                start_new_session=True,
-            )
+            for attempt in range(3):  # a port taken by someone else between choosing and binding it: another one
+                self.port = free_port()
+                pg_ctl = [self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w"]
+                pg_ctl += ["-t", str(int(self.startup_timeout)), "-o", f"-p {self.port}", "start"]
+                try:
+                    _run(
+                        self._as_postgres(pg_ctl),
+                        "pg_ctl start",
+                        timeout=self.startup_timeout + 30,
+                        start_new_session=True,
+                    )
+                    break
+                except HarnessError:
+                    if attempt == 2 or "could not bind" not in tail(self.log_file, 20):
+                        raise
             self.pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            self._started = (_stat(self.pid) or (0, 0, 0))[2]
             self._create_databases()
         except Exception as exc:
             log = tail(self.log_file)
@@ -385,7 +430,8 @@ class PostgresCluster:
                     "pg_ctl stop",
                     timeout=timeout + 15,
                 )
-        if self.pid is not None and _alive(self.pid):
+        now = _stat(self.pid) if self.pid is not None else None
+        if self.pid is not None and now is not None and now[2] == self._started:
             kill_tree(self.pid)
         self.pid = None
 
@@ -445,8 +491,10 @@ class PrefectServer:
         except httpx.HTTPError:
             return False
 
-    def start(self) -> PrefectServer:
-        """Start the server and wait for /api/health.
+    def start(self, attempts: int = 3) -> PrefectServer:
+        """Start the server and wait until it answers /api/health on its own port.
+
+        A port taken by someone else between choosing and binding it is retried with another.
 
         Raises:
             HarnessError: it exited or did not answer in time (the message has the end of its log).
@@ -454,7 +502,14 @@ class PrefectServer:
         if self.process is not None:
             return self
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        for _ in range(attempts):
+            self.port = free_port()
+            if self._launch():
+                return self
+        raise HarnessError(f"the Prefect server found its port taken {attempts} times in a row")
+
+    def _launch(self) -> bool:
+        """Start on self.port; True when up, False when the port was taken meanwhile (nothing left running)."""
         env = clean_env(
             PREFECT_HOME=str(self.root / "home"),
             PREFECT_API_DATABASE_CONNECTION_URL=self.database_url,
@@ -464,8 +519,9 @@ class PrefectServer:
             PREFECT_UI_ENABLED="false",
             PREFECT_UI_API_URL=self.api_url,
         )
+        start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK, "--port", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -474,16 +530,23 @@ class PrefectServer:
                 cwd=self.root,
                 start_new_session=True,
             )
+        self.process = process
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
+            if process.poll() is not None:
                 self.process = None
+                with self.log_file.open("rb") as log:
+                    log.seek(start)
+                    said = log.read().decode(errors="replace")
+                if "already in use" in said:
+                    return False
                 raise HarnessError(
-                    f"the Prefect server exited with code {code}:\n--- {self.log_file} ---\n{tail(self.log_file)}"
+                    f"the Prefect server exited with code {process.returncode}:\n"
+                    f"--- {self.log_file} ---\n{tail(self.log_file)}"
                 )
-            if self.healthy():
-                return self
+            # Something else may answer on a port taken meanwhile: only our own listener counts.
+            if self.healthy() and owns_port(process.pid, self.port):
+                return True
             time.sleep(0.5)
         self.stop()
         raise HarnessError(
@@ -811,14 +874,7 @@ class WorkerPool:
     def stop_worker(self, i: int, timeout: float = 20.0) -> None:
         """Stop worker ``i`` gently (SIGTERM to its group), then SIGKILL anything left under it."""
         worker = self._workers[i]
-        process = worker.process
-        if process is None:
-            return
-        tree = [process.pid, *descendants(process.pid)] if process.poll() is None else []
-        stop_process(process, timeout)
-        for pid in tree:
-            if _alive(pid):
-                kill_tree(pid)
+        stop_process(worker.process, timeout)
         worker.process = None
 
     def flow_run_processes(self, i: int | None = None) -> list[FlowRunProcess]:
@@ -942,7 +998,7 @@ class ChaosStack:
 
     ``env`` is what a `retire` command or a Prefect client needs: PREFECT_API_URL, RETIRE_HOME
     (shared with the workers), RETIRE_DATABASE_URL (the ``retire`` database), the gateway's host and
-    port, and the operator's short limits.
+    port, the operator's short limits, and PYTHONPATH = worker 0's copy (the code the workers run).
     """
 
     root: Path
@@ -966,10 +1022,9 @@ class ChaosStack:
         """
         cmd = [sys.executable, "-m", "retirement", *args]
         checkout = self.workers.copy(0)
-        env = {**self.env, "PYTHONPATH": str(checkout)}
         try:
             result = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=checkout, check=False
+                cmd, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=checkout, check=False
             )
         except subprocess.TimeoutExpired as exc:
             raise HarnessError(f"`retire {' '.join(args)}` did not finish within {timeout:.0f} s") from exc

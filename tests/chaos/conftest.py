@@ -1,4 +1,4 @@
-"""Session fixtures of the chaos tests: one real stack (PostgreSQL, Prefect, two workers, gateway) per session."""
+"""Fixtures of the chaos tests: one real stack (PostgreSQL, Prefect, two workers, gateway) per test session."""
 
 from __future__ import annotations
 
@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.cluster import PROJECT_DIR, ChaosStack, PostgresCluster, PrefectServer, WorkerPool, free_port
+from retirement.errors import ConflictError, PlatformUnavailableError
+from retirement.gateway.server import GatewayProcess
+from retirement.settings import RetireSettings
+from tests.chaos.cluster import (
+    PROJECT_DIR,
+    ChaosStack,
+    HarnessError,
+    PostgresCluster,
+    PrefectServer,
+    WorkerPool,
+    free_port,
+)
 
 CHAOS_DIR = Path(__file__).resolve().parent
 
@@ -38,16 +49,28 @@ def _operator_env(home: Path, database_url: str, gateway_port: int) -> dict[str,
     }
 
 
-@pytest.fixture(scope="session")
+def _start_gateway(home: Path) -> GatewayProcess:
+    """The local gateway on a free port (another one if that port is taken before it binds)."""
+    settings = RetireSettings(home=home, local_root=home / "local")
+    failures = []
+    for _ in range(3):
+        try:
+            return GatewayProcess(settings, free_port()).start()
+        except (ConflictError, PlatformUnavailableError) as exc:
+            failures.append(str(exc))
+    raise HarnessError("the gateway did not start:\n" + "\n".join(failures))
+
+
+@pytest.fixture(scope="package")
 def chaos_stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
-    """The whole stack, started once per session and stopped by PID at its end.
+    """The whole stack, started once per session and stopped by PID after the last chaos test.
+
+    Package-scoped (tests/chaos is one package): the stack starts once, and stops when the chaos tests
+    are done rather than idling through the rest of the suite.
 
     The workers run copies of this checkout (RETIRE_CHAOS_PROJECT names another one). The stack's folder
     (RETIRE_HOME, the copies, every log) is kept when a test failed or RETIRE_CHAOS_KEEP is set.
     """
-    from retirement.gateway.server import GatewayProcess
-    from retirement.settings import RetireSettings
-
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="retire-chaos-"))
     home = root / "home"
@@ -64,13 +87,9 @@ def chaos_stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
         prefect.start()
         print(f"[chaos] Prefect server at {prefect.api_url} ({time.monotonic() - t0:.1f}s)", flush=True)
 
-        gateway_port = free_port()
-        operator = _operator_env(home, postgres.url("retire", "psycopg"), gateway_port)
-        gateway = GatewayProcess(
-            RetireSettings(home=home, local_root=home / "local", gateway_port=gateway_port), gateway_port
-        )
+        gateway = _start_gateway(home)
         cleanup.callback(gateway.stop)
-        gateway.start()
+        operator = _operator_env(home, postgres.url("retire", "psycopg"), gateway.port)
 
         project = Path(os.environ.get("RETIRE_CHAOS_PROJECT") or PROJECT_DIR)
         workers = WorkerPool(prefect, root / "workers", operator, project=project)
@@ -78,7 +97,7 @@ def chaos_stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
         workers.start()
         print(f"[chaos] {len(workers)} workers online on pool 'retirement' ({time.monotonic() - t0:.1f}s)", flush=True)
 
-        env = workers.cli_env()
+        env = {**workers.cli_env(), "PYTHONPATH": str(workers.copy(0))}  # a person's shell in their checkout
         stack = ChaosStack(root, home, postgres, prefect, workers, gateway, env, time.monotonic() - t0)
         yield stack
     keep = os.environ.get("RETIRE_CHAOS_KEEP") or request.session.testsfailed
@@ -89,27 +108,31 @@ def chaos_stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pg_cluster(chaos_stack: ChaosStack) -> PostgresCluster:
     """The PostgreSQL cluster (databases ``prefect`` and ``retire``)."""
     return chaos_stack.postgres
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chaos_prefect(chaos_stack: ChaosStack) -> PrefectServer:
     """The Prefect server on PostgreSQL."""
     return chaos_stack.prefect
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker_pool(chaos_stack: ChaosStack) -> WorkerPool:
     """The ``retirement`` process work pool and its two workers (0 and 1), each from its own project copy."""
     return chaos_stack.workers
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chaos_env(chaos_stack: ChaosStack) -> dict[str, str]:
-    """The environment of a `retire` command or Prefect client acting on the stack (a full os.environ)."""
+    """The environment of a `retire` command or Prefect CLI acting on the stack (a full os.environ).
+
+    PREFECT_API_URL, RETIRE_HOME, RETIRE_DATABASE_URL, the gateway and the operator's short limits, and
+    PYTHONPATH = worker 0's copy (run commands there, as ``chaos_stack.retire`` does).
+    """
     return dict(chaos_stack.env)
 
 

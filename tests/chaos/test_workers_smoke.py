@@ -49,7 +49,7 @@ def _start(stack: ChaosStack) -> str:
         "monitor_days=0",
     )
     found = re.search(r"flow run \S+ \(([0-9a-f-]{36})\)", result.stdout)
-    assert found, result.stdout
+    assert found, result.stdout + result.stderr
     return found.group(1)
 
 
@@ -137,6 +137,10 @@ def test_one_retirement_runs_on_the_work_pool_from_both_copies(chaos_stack: Chao
     manifest = Path(backup.group(1)) / "manifest.json"
     assert manifest.is_file(), manifest
     assert (retire_home / "backups") in manifest.parents
+
+    # The workers shared the retirement through PostgreSQL, not through a SQLite file in the shared RETIRE_HOME.
+    assert not (retire_home / "retire.db").exists()
+    assert stack.postgres.query("SELECT status FROM retirements WHERE id = %s", (rid,)) == [("done",)]
 
     # Every run of the retirement ran on the work pool, submitted by the workers (a run resumed after a gate
     # may be picked up by the other worker).
