@@ -88,6 +88,7 @@ def _runs_by_worker(stack: ChaosStack, runs: list[dict[str, Any]]) -> dict[str, 
     return {run["id"]: [i for i, log in enumerate(logs) if f"submitting flow run '{run['id']}'" in log] for run in runs}
 
 
+@pytest.mark.timeout(DEADLINE_SECONDS + 240)  # the stack's start and stop count too
 def test_one_retirement_runs_on_the_work_pool_from_both_copies(chaos_stack: ChaosStack, retire_home: Path) -> None:
     stack = chaos_stack
     print(f"[smoke] stack started in {stack.started_in:.1f}s", flush=True)
