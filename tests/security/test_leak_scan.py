@@ -367,9 +367,6 @@ def test_no_secret_reaches_anything_the_product_writes(
                 for name, running in commands.items():
                     code, outputs[name] = running.result()
                     assert code == 2 and f"HTTP {status}".encode() in outputs[name], outputs[name][-2000:]
-        selise_said = outputs["retire -v plan --platform selise (HTTP 401)"].decode()
-        assert "the token endpoint refused the project's credentials" in selise_said
-        assert "RETIRE_SELISE_CLIENT_SECRET" in selise_said
         # Each platform's credentials went out, so each echo carried them back into an error path.
         sent = b"\n".join(echo.received)
         for variable in (*SENT, "Bailo Basic credential", "MLflow Basic credential"):
@@ -393,10 +390,14 @@ def test_no_secret_reaches_anything_the_product_writes(
 
     # The places hold what happened, so a clean scan means redaction worked, not that nothing was written.
     prefect_db = b"".join(content for place, content in places.items() if place.startswith(str(database.parent)))
-    assert b"the token endpoint refused the project's credentials" in prefect_db
+    assert b"selise HTTP 401" in prefect_db and b"datature-vi HTTP 500" in prefect_db
     assert b"churn-model@1" in prefect_db and b"approve-deletion" in prefect_db
     assert any(r.api_method == "chat.postMessage" for r in slack.requests)
     assert any(place.endswith("manifest.json") for place in places)
 
     hits = scan(places, markers)
     assert not hits, "secrets found where the product writes:\n" + "\n".join(hits)
+    # What the user sees instead when Selise refuses the credentials.
+    selise_said = outputs["retire -v plan --platform selise (HTTP 401)"].decode()
+    assert "retire plan: error: selise HTTP 401: the token endpoint refused the project's credentials" in selise_said
+    assert "RETIRE_SELISE_CLIENT_SECRET" in selise_said
