@@ -57,6 +57,13 @@ class RetireSettings(BaseSettings):
         le=60,
         description="How often a run paused at a gate (outside a deployment) checks for an answer.",
     )
+    zombie_after_seconds: int = Field(
+        default=90,
+        ge=45,
+        le=3600,
+        description="A retirement run that sent no heartbeat for this long is marked Crashed and resumed by the "
+        "reconciler (runs beat every 30 s).",
+    )
     min_backup_retention_days: int = Field(
         default=30, ge=0, description="The shortest backup retention a run may ask for (days)."
     )

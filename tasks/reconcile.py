@@ -41,12 +41,13 @@ def _view(run: FlowRun) -> RunView:
 
 
 @task(name="ensure-zombie-automation", cache_policy=NO_CACHE)
-def ensure_zombie_automation(within_seconds: int = 90) -> str:
+def ensure_zombie_automation(within_seconds: int | None = None) -> str:
     """Make sure a run whose process died (no heartbeat for ``within_seconds``) is marked Crashed.
 
     Prefect's documented recipe for zombie runs; a paused or suspended run stops beating on purpose
     and is left alone. Runs beat when PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set (prefect.yaml sets 30 s).
     """
+    within_seconds = within_seconds or RetireSettings().zombie_after_seconds
     with get_client(sync_client=True) as client:
         if any(a.name == ZOMBIE_AUTOMATION for a in client.read_automations_by_name(ZOMBIE_AUTOMATION)):
             return "exists"
