@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -245,8 +246,6 @@ def scan(places: dict[str, bytes], markers: Markers) -> list[str]:
 
 
 def test_the_scan_finds_a_marker_inside_a_sqlite_database(tmp_path: Path) -> None:
-    import sqlite3
-
     markers = Markers()
     markers.add("SOME_TOKEN", _marker(0))
     with sqlite3.connect(tmp_path / "store.db") as db:
