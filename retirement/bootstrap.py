@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from retirement.anchor import Anchor, load_private_key
 from retirement.backup.base import BackupStore
 from retirement.errors import UnknownNameError
 from retirement.ledger import Ledger
@@ -33,6 +34,7 @@ class Services:
     notifier: Notifier
     states: StateStore
     extras: dict[str, object] = field(default_factory=dict)
+    anchor: Anchor | None = None
 
     def close(self) -> None:
         """Release clients held by the adapters."""
@@ -82,6 +84,12 @@ def stores(settings: RetireSettings) -> tuple[Ledger, StateStore]:
     return ledger, states
 
 
+def anchor(settings: RetireSettings) -> Anchor:
+    """Where the ledger's checkpoints go, signed when RETIRE_LEDGER_SIGNING_KEY is set."""
+    key = settings.ledger_signing_key.get_secret_value() if settings.ledger_signing_key else ""
+    return Anchor(settings.checkpoint_dir, load_private_key(key) if key else None)
+
+
 def default_services(platform_name: str, traffic_names: list[str]) -> Services:
     """Services from the environment: the named platform, RETIRE_HOME's store, ledger and states."""
     from retirement.backup.filesystem import FilesystemBackupStore
@@ -98,6 +106,7 @@ def default_services(platform_name: str, traffic_names: list[str]) -> Services:
         ledger=ledger,
         notifier=get_notifier(),
         states=states,
+        anchor=anchor(settings),
     )
 
 

@@ -123,7 +123,7 @@ class Ledger:
             query = select(db.ledger).where(db.ledger.c.seq > after).order_by(db.ledger.c.seq).limit(batch)
             if retirement_id is not None:
                 query = query.where(db.ledger.c.retirement_id == retirement_id)
-            with self.engine.connect() as conn:
+            with db.reading(self.engine) as conn:
                 rows = [_entry_of_row(r) for r in conn.execute(query)]
             yield from rows
             if len(rows) < batch:
@@ -138,13 +138,18 @@ class Ledger:
             .order_by(db.ledger.c.seq.desc())
             .limit(1)
         )
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             row = conn.execute(query).first()
         return AuditEvent.model_validate(_entry_of_row(row)) if row is not None else None
 
+    def hash_at(self, seq: int) -> str | None:
+        """The hash of entry ``seq``, if there is one."""
+        with db.reading(self.engine) as conn:
+            return conn.execute(select(db.ledger.c.hash).where(db.ledger.c.seq == seq)).scalar()
+
     def head(self) -> tuple[int, str]:
         """(sequence number, hash) of the newest entry."""
-        with self.engine.connect() as conn:
+        with db.reading(self.engine) as conn:
             row = conn.execute(select(db.ledger_head.c.seq, db.ledger_head.c.hash)).one()
         return int(row.seq), str(row.hash)
 

@@ -119,6 +119,16 @@ def record(
     svc.ledger.append(state.id, kind, action, actor=actor, reference=str(state.ref), detail=detail)
 
 
+def checkpoint(svc: Services, reason: str) -> None:
+    """Anchor the ledger's head outside the database (the end of a phase); never fails a step."""
+    if svc.anchor is None:
+        return
+    try:
+        svc.anchor.checkpoint(svc.ledger.head(), reason)
+    except Exception as exc:  # recorded, and caught at the next `retire ledger verify` as a missing checkpoint
+        logger.warning("ledger checkpoint failed: %s", exc)
+
+
 def commit(
     svc: Services,
     state: RetirementState,
@@ -215,6 +225,7 @@ def halt(
     runs = state.flow_runs
     adopt(state, change.state)
     state.flow_runs = runs
+    checkpoint(svc, f"{state.id} {action}")
     if stopped_now:
         verb = "cancelled" if status == "cancelled" else "halted"
         announce(

@@ -57,6 +57,20 @@ class RetireSettings(BaseSettings):
         le=60,
         description="How often a run paused at a gate (outside a deployment) checks for an answer.",
     )
+    ledger_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 private key (base64, `retire ledger keygen`) that signs the ledger's checkpoints; keep it "
+        "in the workers' secret store, never beside the ledger.",
+    )
+    ledger_verify_key: str | None = Field(
+        default=None,
+        description="The matching public key (base64): `retire ledger verify` then requires every checkpoint signed.",
+    )
+    ledger_checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Where the ledger's checkpoints are appended, outside the database (default: "
+        "<home>/ledger-checkpoints; a folder the database's writers cannot rewrite).",
+    )
     zombie_after_seconds: int = Field(
         default=90,
         ge=45,
@@ -92,6 +106,11 @@ class RetireSettings(BaseSettings):
         if self.database_url is not None and self.database_url.get_secret_value():
             return self.database_url.get_secret_value()
         return f"sqlite:///{self.home.expanduser() / 'retire.db'}"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where the ledger's checkpoints are kept."""
+        return self._under_home(self.ledger_checkpoint_dir, "ledger-checkpoints")
 
     @property
     def state_dir(self) -> Path:

@@ -96,6 +96,7 @@ def leave_phase(request: RetirementRequest, retirement_id: str, outcome: str) ->
     svc, state = load(request, retirement_id)
     state.leave(outcome)
     svc.states.save(state)  # a stale copy fails loudly: the run stops and the reconciler looks again
+    protocol.checkpoint(svc, f"{retirement_id} {outcome}")
     get_run_logger().info("%s: %s", state.phase.value, outcome)
 
 
@@ -176,6 +177,7 @@ def finish(request: RetirementRequest, retirement_id: str, summary: str) -> str:
     state.leave(summary)
     state.status, state.status_reason, state.next_phase, state.next_run_at = "done", summary, None, None
     protocol.commit(svc, state, "outcome", "finish", detail={"summary": summary})  # the claim goes with it
+    protocol.checkpoint(svc, f"{retirement_id} finished")
     report = protocol.final_report(svc, state)
     create_markdown_artifact(report, key=f"{retirement_id}-report", description=f"Retirement of {state.ref}")
     protocol.announce(

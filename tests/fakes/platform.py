@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from retirement.backup.filesystem import FilesystemBackupStore
+from retirement.anchor import Anchor
 from retirement.bootstrap import Services, stores
 from retirement.errors import DeletionBlockedError, NotFoundError
 from retirement.models import (
@@ -223,6 +224,7 @@ def make_world(home: Path) -> World:
         ledger=stores(settings)[0],
         notifier=notifier,
         states=stores(settings)[1],
+        anchor=Anchor(settings.checkpoint_dir),
     )
     return World(registry, serving, traffic, notifier, services, old, new)
 

@@ -55,6 +55,10 @@ def test_full_protocol_retires_the_model(world: World, driver: Driver) -> None:
     assert state.receipt is not None and state.receipt.verified_gone
     assert world.services.backups.verify(state.backup_location or "").ok
     assert world.services.ledger.verify()[0] > 10
+    anchor, ledger = world.services.anchor, world.services.ledger
+    assert anchor is not None
+    checked, newest = anchor.verify(ledger.head(), ledger.hash_at)  # one checkpoint per phase, the last at the end
+    assert checked >= 7 and newest == ledger.head()[0]
     assert [a.gate for a in state.approvals] == ["approve-plan", "approve-cutover", "approve-deletion"]
     assert len(state.monitor_checks) == 2
     statuses = world.notifier.statuses()
