@@ -58,13 +58,14 @@ _SECRET_VALUE_RES = [
 ]
 _URL_USERINFO_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s:]+:[^/@\s]+@", re.IGNORECASE)
 
-# The credential variables the product reads (platforms, Slack, Prometheus, the database URL):
-# their values are secrets wherever they appear. RETIRE_BAILO_CLIENT_KEY is a path to a key file, not a key.
+# The credential variables the product reads (platforms, Slack, Prometheus, the database URL, the
+# ledger's signing key, S3): their values are secrets wherever they appear. RETIRE_BAILO_CLIENT_KEY
+# is a path to a key file and RETIRE_LEDGER_VERIFY_KEY a public key: neither is secret.
 _SECRET_ENV_RE = re.compile(
-    r"^(RETIRE|OPENAI|REPLICATE|MLFLOW|DATATURE)_\w*"
-    r"(TOKEN|SECRET\w*|PASSWORD|_KEY|AUTH\w*|WEBHOOK\w*|CREDENTIAL\w*|DATABASE_URL)$"
+    r"^(RETIRE|OPENAI|REPLICATE|MLFLOW|DATATURE|AWS)_\w*"
+    r"(TOKEN|SECRET\w*|PASSWORD|_KEY|_KEY_ID|AUTH\w*|WEBHOOK\w*|CREDENTIAL\w*|DATABASE_URL)$"
 )
-_NOT_SECRET_ENV = frozenset({"RETIRE_BAILO_CLIENT_KEY"})
+_NOT_SECRET_ENV = frozenset({"RETIRE_BAILO_CLIENT_KEY", "RETIRE_LEDGER_VERIFY_KEY"})
 # Shorter values are not treated as secrets: replacing every "1" or "abc" would garble messages.
 MIN_SECRET_LENGTH = 6
 

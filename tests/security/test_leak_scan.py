@@ -44,9 +44,11 @@ from pydantic_settings import BaseSettings
 
 import tasks._context
 from retirement import bootstrap
+from retirement.anchor import keygen
 from retirement.gateway.server import GatewayProcess, free_port
 from retirement.models import Phase, RetirementRequest, utcnow
 from retirement.platforms.local import LocalRegistry
+from retirement.redact import redact_text
 from retirement.settings import RetireSettings
 from retirement.state import RetirementState
 from tests.fakes.slack import WEBHOOK_PATH, FakeSlack
@@ -142,6 +144,15 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+def test_every_secret_setting_is_redacted_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    variables = sorted({v for names in secret_settings().values() for v in names})
+    values = {variable: _marker(n) for n, variable in enumerate(variables)}
+    for variable, value in values.items():
+        monkeypatch.setenv(variable, value)
+    said = redact_text("sent " + ", ".join(values.values()))  # no names: only their values can give them away
+    assert not [variable for variable, value in values.items() if value in said], said
+
+
 def test_every_secret_setting_gets_a_marker() -> None:
     settings = secret_settings()
     assert "SeliseSettings.client_secret" in settings and "RetireSettings.database_url" in settings
@@ -174,6 +185,10 @@ SECRET_VARIABLES = (
     "RETIRE_PROMETHEUS_AUTH_HEADER",
     "RETIRE_SLACK_BOT_TOKEN",
     "RETIRE_SLACK_WEBHOOK_URL",
+    "RETIRE_LEDGER_SIGNING_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 )
 
 
@@ -268,6 +283,7 @@ def test_no_secret_reaches_anything_the_product_writes(
     markers = Markers()
     for n, variable in enumerate(SECRET_VARIABLES):
         markers.add(variable, _marker(n + 1))
+    markers.add("RETIRE_LEDGER_SIGNING_KEY", keygen()[0])  # the anchor signs checkpoints with it: a real key
     webhook_secret = WEBHOOK_PATH.rsplit("/", 1)[1]  # the fake accepts its own webhook path only
     with (
         FakeSlack(token=markers.values["RETIRE_SLACK_BOT_TOKEN"]) as slack,
@@ -356,9 +372,10 @@ def test_no_secret_reaches_anything_the_product_writes(
                     commands[f"retire -v plan --platform {platform} (HTTP {status})"] = pool.submit(
                         _retire, "plan", "--platform", platform, "--model", model
                     )
-                    commands[f"retire -v review --platform {platform} (HTTP {status})"] = pool.submit(
-                        _retire, "review", "--platform", platform
-                    )
+                    if status == 401:  # a review lists versions through the same error path: once is enough
+                        commands[f"retire -v review --platform {platform} (HTTP {status})"] = pool.submit(
+                            _retire, "review", "--platform", platform
+                        )
                 for platform, (reference, _) in PLATFORMS.items():
                     flow_state, state = retirements.run(_request(reference.format(n=status), platform), {})
                     assert flow_state.is_failed() and f"HTTP {status}" in str(flow_state.message), flow_state
