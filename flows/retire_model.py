@@ -89,8 +89,10 @@ def backup_leg(request: RetirementRequest, rid: str) -> Next:
 
 
 def delete_leg(request: RetirementRequest, rid: str) -> Next:
-    """7. Backup re-verified, traffic re-checked, deleted, gone."""
-    delete.delete(request, rid)
+    """7. Backup re-verified, traffic re-checked, deleted, gone (an asynchronous delete is re-checked later)."""
+    pending = delete.delete(request, rid)
+    if pending is not None:
+        return Phase.DELETE, pending
     return (Phase.MONITOR, now() + timedelta(hours=request.monitor_interval_hours)) if request.monitor_days else None
 
 

@@ -13,6 +13,7 @@ Every error says what was wrong and, where it applies, what is allowed::
     ├── SafetyError                 a safety invariant refused a step (approval, backup, traffic, ...)
     │   ├── ApprovalError           a gate was rejected, timed out, or answered by a wrong person
     │   └── RetirementStoppedError  the retirement was cancelled or halted: no destructive call after that
+    ├── DeletePendingError          an accepted delete has not shown as gone yet: re-checked by a scheduled run
     ├── PlatformError               a remote platform answered with an error (keeps its own message)
     │   ├── AuthError               401 / 403: credentials or role (e.g. OpenAI Owner role)
     │   ├── RateLimitedError        429, with retry_after seconds when the platform said
@@ -26,6 +27,7 @@ Every error says what was wrong and, where it applies, what is allowed::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 
@@ -106,6 +108,14 @@ class RetirementStoppedError(SafetyError):
         self.status = status
         self.reason = reason
         super().__init__(f"retirement {retirement_id} is {status} ({reason or 'no reason given'}): {refused} refused")
+
+
+class DeletePendingError(RetirementError):
+    """The platform accepted the delete but still shows the model: re-check later (``retry_at``)."""
+
+    def __init__(self, message: str, retry_at: datetime) -> None:
+        self.retry_at = retry_at
+        super().__init__(message)
 
 
 class PlatformError(RetirementError):
@@ -194,6 +204,7 @@ __all__ = [
     "BackupVerifyError",
     "ConfigError",
     "ConflictError",
+    "DeletePendingError",
     "DeletionBlockedError",
     "InputError",
     "LedgerError",

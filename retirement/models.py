@@ -185,6 +185,19 @@ class RetirementRequest(BaseModel):
     max_p95_latency_ms: float = Field(
         default=1000.0, gt=0, description="Bake threshold: p95 latency of the replacement above this rolls back (ms)."
     )
+    bake_unobserved: Literal["halt", "rollback"] = Field(
+        default="halt",
+        description="What a bake sample the traffic sources could not observe (ERROR or NODATA) does: **halt** stops "
+        "the retirement there (production stays on the replacement, the old version untouched); **rollback** puts "
+        "production back on the old version first. Never a pass.",
+    )
+    delete_confirm_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=720,
+        description="How long a delete the platform accepted may take to show as gone (asynchronous deletes) before "
+        "the retirement halts and asks a person (hours). Re-checked by scheduled runs, cancellable in the UI.",
+    )
     soft_delete: bool = Field(
         default=False,
         description="Deactivate or deprecate first and wait `pending_delete_hours` (cancellable) before deleting.",

@@ -22,6 +22,7 @@ from retirement.bootstrap import Services
 from retirement.errors import (
     ApprovalError,
     BackupVerifyError,
+    DeletePendingError,
     DeletionBlockedError,
     InputError,
     NotFoundError,
@@ -395,11 +396,16 @@ def stage(svc: Services, state: RetirementState) -> str:
         return f"manual serving: a person deploys {replacement} to staging (checklist gate)"
     serving = svc.platform.serving
     assert serving is not None
+    done = svc.ledger.find(state.id, "staging")
+    if done is not None:  # a replay after the cutover gate: staging and its paid smoke requests run once
+        return f"{replacement} staged at {done.at:%Y-%m-%d %H:%M:%S} UTC (not repeated)"
     serving.deploy_staging(replacement)
     smoke = serving.smoke_test(replacement)
     record(svc, state, "outcome", "staging", detail=smoke.model_dump(mode="json"))
     if not smoke.ok:
         raise SafetyError(f"smoke test of {replacement} in staging failed: {smoke.detail}")
+    if smoke.requests == 0:
+        return f"{replacement} staged; the smoke test sent no inference ({smoke.detail or 'no golden requests'})"
     return f"{replacement} staged; smoke test {smoke.requests - smoke.errors}/{smoke.requests} ok"
 
 
@@ -505,6 +511,8 @@ def bake_sample(svc: Services, state: RetirementState, start: datetime, end: dat
             f"retirement {state.id} changed during the bake"
         ) from None
     request = state.request
+    if report.verdict in (TrafficVerdict.ERROR, TrafficVerdict.NODATA):
+        return f"the bake could not observe {replacement} ({report.verdict.value}: {report.reason}); not a pass"
     if requests and rate > request.max_error_rate:
         return f"error rate {rate:.2%} of {replacement} over {requests} requests exceeds {request.max_error_rate:.2%}"
     if p95 is not None and p95 > request.max_p95_latency_ms:
@@ -537,6 +545,11 @@ def bake(
             sleep(wait)
         svc.states.check_running(state, "the bake")  # a cancel during the bake stops it between samples
         breach = bake_sample(svc, state, start, min(clock(), due))
+        if breach and "not a pass" in breach and state.request.bake_unobserved == "halt":
+            raise SafetyError(
+                f"bake halted: {breach}. Production stays on {state.request.replacement}; {state.ref} is untouched "
+                f"(run again with bake_unobserved=rollback to switch back automatically)"
+            )
         if breach:
             rollback(svc, state, breach)
             raise SafetyError(f"bake breach, rolled back to {state.previous_production}: {breach}")
@@ -712,7 +725,10 @@ def backup(
     registry = svc.platform.registry
     caps = registry.capabilities
     record(svc, state, "intent", "backup", detail={"exports": caps.exports, "not_exportable": caps.not_exportable})
-    items = registry.export(state.ref)
+    try:
+        items = registry.export(state.ref)
+    except NotFoundError as exc:
+        raise vanished(svc, state, "backup", exc) from exc
     dossier = state.dossier.model_dump(mode="json") if state.dossier else None
     checked = [time.monotonic()]
 
@@ -919,7 +935,14 @@ def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionRece
         return state.receipt
     registry = svc.platform.registry
     interrupted = _intent_without_outcome(svc, state, "delete") is not None
-    if interrupted and not registry.exists(state.ref):
+    if state.delete_requested_at is not None:
+        return _confirm_pending_delete(svc, state, now)
+    if not interrupted and not registry.exists(state.ref):
+        receipt = DeletionReceipt(
+            reference=state.ref, verified_gone=True, removed=[f"{state.ref} (deleted outside this retirement)"]
+        )
+        record(svc, state, "notice", "deleted-elsewhere", detail={"backup": state.backup_location})
+    elif interrupted and not registry.exists(state.ref):
         receipt = DeletionReceipt(
             reference=state.ref, verified_gone=True, removed=[f"{state.ref} (delete completed before an interruption)"]
         )
@@ -940,8 +963,17 @@ def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionRece
             svc.states.settle(state, "delete", lambda _: None, detail={"refused_by_platform": exc.blockers})
             raise SafetyError(f"the platform refused the delete: {exc}") from exc
     receipt.backup_location = state.backup_location
-    if registry.exists(state.ref):
-        raise SafetyError(f"{state.ref} still exists after the delete")
+    if registry.exists(state.ref):  # asynchronous deletes: accepted now, gone later; confirmed, never guessed
+        accepted = now
+
+        def requested(stored: RetirementState) -> None:
+            stored.delete_requested_at = accepted
+
+        svc.states.settle(state, "delete", requested, detail={"accepted": True, "still_listed": True})
+        raise DeletePendingError(
+            f"the platform accepted the delete of {state.ref}; it is still listed: re-checked shortly",
+            now + timedelta(minutes=1),
+        )
     receipt.verified_gone = True
 
     def deleted(stored: RetirementState) -> None:
@@ -962,6 +994,54 @@ def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionRece
         },
     )
     return receipt
+
+
+def _confirm_pending_delete(svc: Services, state: RetirementState, now: datetime) -> DeletionReceipt:
+    """A delete the platform accepted earlier: gone now (receipt), still listed (re-check later), or too long."""
+    assert state.delete_requested_at is not None
+    registry = svc.platform.registry
+    waited = now - state.delete_requested_at
+    if registry.exists(state.ref):
+        budget = timedelta(hours=state.request.delete_confirm_hours)
+        if waited > budget:
+            raise SafetyError(
+                f"the platform accepted the delete of {state.ref} {waited} ago and still lists it (budget "
+                f"{state.request.delete_confirm_hours:g} h): check the platform; "
+                f"the backup is at {state.backup_location}"
+            )
+        delay = min(timedelta(minutes=30), max(timedelta(minutes=1), waited))  # back off: 1, 2, 4 ... 30 min
+        raise DeletePendingError(f"{state.ref} is still listed {waited} after the delete was accepted", now + delay)
+    receipt = DeletionReceipt(
+        reference=state.ref,
+        verified_gone=True,
+        removed=[f"{state.ref} (asynchronous delete, gone after {waited})"],
+        backup_location=state.backup_location,
+    )
+
+    def gone(stored: RetirementState) -> None:
+        stored.receipt = receipt
+
+    svc.states.settle(state, "delete-confirmed", gone, detail=receipt.model_dump(mode="json"))
+    record(
+        svc,
+        state,
+        "notice",
+        "changelog",
+        actor=state.request.requester,
+        detail={"deleted": str(state.ref), "reason": state.request.reason, "backup": state.backup_location},
+    )
+    return receipt
+
+
+def vanished(svc: Services, state: RetirementState, doing: str, exc: Exception) -> SafetyError:
+    """Something the phase needs is gone: say whether the model itself was deleted by someone else."""
+    if not svc.platform.registry.exists(state.ref):
+        reason = f"{state.ref} was deleted outside this retirement before the {doing}; nothing left to back up"
+        record(svc, state, "notice", "deleted-elsewhere", detail={"during": doing, "error": str(exc)})
+    else:
+        reason = f"something the {doing} needs vanished on {state.ref.platform}: {exc}"
+        record(svc, state, "notice", "vanished", detail={"during": doing, "error": str(exc)})
+    return SafetyError(reason)
 
 
 # --- phase 8: monitor -----------------------------------------------------------------------------

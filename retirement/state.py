@@ -112,6 +112,9 @@ class RetirementState(BaseModel):
     resumes: list[dict[str, Any]] = Field(
         default_factory=list, description="Each time the reconciler resumed this retirement: when, why, which run."
     )
+    delete_requested_at: datetime | None = Field(
+        default=None, description="When the platform accepted a delete that had not shown as gone yet."
+    )
     gate_manifest: str | None = Field(
         default=None, description="The backup manifest SHA-256 shown at the open deletion gate."
     )

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from retirement.backup.filesystem import FilesystemBackupStore
 from retirement.anchor import Anchor
+from retirement.backup.filesystem import FilesystemBackupStore
 from retirement.bootstrap import Services, stores
 from retirement.errors import DeletionBlockedError, NotFoundError
 from retirement.models import (
@@ -50,6 +50,8 @@ class FakeRegistry:
         self.consumers: dict[ModelRef, list[str]] = {}
         self.calls: list[tuple[str, str]] = []
         self.serving: FakeServing | None = None
+        self.lingering: dict[ModelRef, int] = {}  # deleted, still listed for this many more looks (async deletes)
+        self.linger_after_delete = 0
 
     def add(self, ref: ModelRef, files: dict[str, bytes] | None = None) -> ModelRef:
         self.files[ref] = files or {"weights.bin": b"w" * 1000 + str(ref).encode(), "config.json": b'{"layers": 3}'}
@@ -100,9 +102,14 @@ class FakeRegistry:
         self._need(ref)
         self.calls.append(("delete", str(ref)))
         removed = list(self.files.pop(ref))
-        return DeletionReceipt(reference=ref, removed=removed, verified_gone=ref not in self.files)
+        if self.linger_after_delete:
+            self.lingering[ref] = self.linger_after_delete
+        return DeletionReceipt(reference=ref, removed=removed, verified_gone=not self.exists(ref))
 
     def exists(self, ref: ModelRef) -> bool:
+        if self.lingering.get(ref, 0) > 0:
+            self.lingering[ref] -= 1
+            return True
         return ref in self.files
 
 

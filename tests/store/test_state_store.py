@@ -167,7 +167,7 @@ def stores_ledger(engine: object) -> object:
 
 @pytest.mark.parametrize("rounds", [50])
 def test_two_processes_opening_one_model_at_the_same_instant_exactly_one_wins(tmp_path: Path, rounds: int) -> None:
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # SQLite engines use no pool: nothing shared crosses the fork
     for i in range(rounds):
         url = f"sqlite:///{tmp_path / f'race-{i}.db'}"
         db.engine_for(url)  # migrated before the race, as a running installation is
@@ -176,8 +176,9 @@ def test_two_processes_opening_one_model_at_the_same_instant_exactly_one_wins(tm
         for p in procs:
             p.start()
         for p in procs:
-            p.join(60)
-        outcomes = sorted(results.get(timeout=5) for _ in procs)
+            p.join(120)
+            assert p.exitcode == 0, f"round {i}: a racer ended with {p.exitcode}"
+        outcomes = sorted(results.get(timeout=10) for _ in procs)
         assert outcomes == ["opened", "refused"], f"round {i}: {outcomes}"
 
 
