@@ -481,6 +481,14 @@ def cutover(svc: Services, state: RetirementState, now: datetime) -> str:
     svc.states.settle(state, "cutover", switched, detail={"from": str(before), "to": str(replacement)})
     if state.stopped:  # cancelled while the switch was under way: `retire cancel` puts production back
         raise RetirementStoppedError(state.id, state.status, state.status_reason, "the bake")
+    announce(
+        svc,
+        state,
+        NotificationStatus.DONE,
+        f"*Cutover*: production switched from {before} to {replacement}. The bake watches {replacement} for "
+        f"{duration(state.request.bake_minutes / 60)}; a breach rolls back automatically.",
+        next_step=f"to stop and switch back before the bake ends: `retire cancel {state.id}`",
+    )
     return f"production switched from {before} to {replacement}"
 
 
@@ -909,6 +917,15 @@ def soft_delete(svc: Services, state: RetirementState, now: datetime) -> str:
     svc.states.settle(state, "soft-delete", deactivated, detail={"how": caps.soft_delete})
     if state.stopped:  # cancelled during the call: `retire cancel` reactivates it
         raise RetirementStoppedError(state.id, state.status, state.status_reason, "the pending delete")
+    announce(
+        svc,
+        state,
+        NotificationStatus.SCHEDULED,
+        f"*Soft delete*: {state.ref} {caps.soft_delete}d. It is deleted after "
+        f"{duration(state.request.pending_delete_hours)} unless a request reaches it or someone cancels.",
+        next_step=f"to keep it: `retire cancel {state.id}` (reactivates it)",
+        next_at=now + timedelta(hours=state.request.pending_delete_hours),
+    )
     return f"{caps.soft_delete}d {state.ref}; delete pending {state.request.pending_delete_hours:g} h"
 
 
@@ -980,6 +997,15 @@ def delete(svc: Services, state: RetirementState, now: datetime) -> DeletionRece
         stored.receipt = receipt
 
     svc.states.settle(state, "delete", deleted, detail=receipt.model_dump(mode="json"))
+    announce(
+        svc,
+        state,
+        NotificationStatus.DONE,
+        f"*Deleted*: {state.ref} is gone from {state.ref.platform} (verified not found). Backup: "
+        f"`{state.backup_location}` (manifest sha256 `{state.backup_manifest_sha256}`), kept "
+        f"{state.request.backup_retention_days} days.",
+        next_step=f"to bring it back: `retire backup restore {state.backup_location}`",
+    )
     record(
         svc,
         state,

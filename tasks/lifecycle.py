@@ -180,8 +180,18 @@ def finish(request: RetirementRequest, retirement_id: str, summary: str) -> str:
     protocol.checkpoint(svc, f"{retirement_id} finished")
     report = protocol.final_report(svc, state)
     create_markdown_artifact(report, key=f"{retirement_id}-report", description=f"Retirement of {state.ref}")
+    backup = (
+        f" Backup `{state.backup_location}` kept {state.request.backup_retention_days} days; restore with "
+        f"`retire backup restore {state.backup_location}`."
+        if state.backup_location
+        else ""
+    )
     protocol.announce(
-        svc, state, NotificationStatus.DONE, f"Retirement finished: {summary}", ui_url=flow_run.get_flow_run_ui_url()
+        svc,
+        state,
+        NotificationStatus.DONE,
+        f"Retirement finished: {summary}.{backup} The report is the run's `{retirement_id}-report` artifact.",
+        ui_url=flow_run.get_flow_run_ui_url(),
     )
     return summary
 

@@ -65,6 +65,14 @@ def test_full_protocol_retires_the_model(world: World, driver: Driver) -> None:
     assert statuses.count("document:awaiting_approval") == 1
     assert "backup:awaiting_approval" in statuses
     assert statuses[-1] == "monitor:done"
+    texts = [e.text for e in world.notifier.events]
+    assert any(t.startswith("*Cutover*: production switched from churn-model@1 to churn-model@2") for t in texts)
+    deleted = next(t for t in texts if t.startswith("*Deleted*: churn-model@1 is gone"))
+    assert state.backup_location in deleted
+    final = texts[-1]
+    assert (
+        final.startswith("Retirement finished: retired.") and f"retire backup restore {state.backup_location}" in final
+    )
     assert {f"{state.id}-{k}" for k in ("dossier", "plan", "traffic", "manifest", "report")} <= _artifact_keys(state.id)
 
 
