@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from retirement.anchor import Anchor, load_private_key
 from retirement.backup.base import BackupStore
-from retirement.errors import UnknownNameError
+from retirement.backup.filesystem import FilesystemBackupStore
+from retirement.backup.s3 import S3BackupStore, parse_backup_url
+from retirement.errors import ConfigError, UnknownNameError
 from retirement.ledger import Ledger
 from retirement.notify.base import Notifier
 from retirement.platforms import Platform, get_platform
@@ -90,9 +92,26 @@ def anchor(settings: RetireSettings) -> Anchor:
     return Anchor(settings.checkpoint_dir, load_private_key(key) if key else None)
 
 
+def backup_store(settings: RetireSettings, *, workers: int = 2) -> FilesystemBackupStore | S3BackupStore:
+    """The backup store RETIRE_BACKUP_URL names: ``s3://BUCKET[/PREFIX]``, ``file:///PATH``, or (unset) the
+    filesystem store under RETIRE_BACKUP_ROOT / RETIRE_HOME/backups.
+
+    Raises:
+        ConfigError: RETIRE_BACKUP_URL is not one of those, or it and RETIRE_BACKUP_ROOT name different places.
+        ImportError: an ``s3://`` store without boto3 (the `s3` extra).
+    """
+    target = parse_backup_url(settings.backup_url)
+    if target is None:
+        return FilesystemBackupStore(settings.backup_dir, workers=workers)
+    if settings.backup_root is not None and target.path != settings.backup_root.expanduser():
+        raise ConfigError("RETIRE_BACKUP_URL and RETIRE_BACKUP_ROOT name different places: set only one of them")
+    if target.path is None:
+        return S3BackupStore.from_settings(target.bucket, target.prefix, workers=workers)
+    return FilesystemBackupStore(target.path, workers=workers)
+
+
 def default_services(platform_name: str, traffic_names: list[str]) -> Services:
     """Services from the environment: the named platform, RETIRE_HOME's store, ledger and states."""
-    from retirement.backup.filesystem import FilesystemBackupStore
     from retirement.notify import get_notifier
 
     settings = RetireSettings()
@@ -102,7 +121,7 @@ def default_services(platform_name: str, traffic_names: list[str]) -> Services:
         settings=settings,
         platform=platform,
         traffic=traffic_sources(traffic_names, platform, settings),
-        backups=FilesystemBackupStore(settings.backup_dir),
+        backups=backup_store(settings),
         ledger=ledger,
         notifier=get_notifier(),
         states=states,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from retirement.errors import ConfigError, InputError, NotFoundError
-from retirement.models import CatalogEntry, ModelRef, RetirementRequest, TrafficVerdict
+from retirement.backup.base import BackupStore
+from retirement.errors import ConfigError, InputError, NotFoundError, RetirementError
+from retirement.models import BackupManifest, CatalogEntry, ModelRef, RetirementRequest, TrafficVerdict
 from retirement.platforms.base import Catalog
 from retirement.policy import Decision, Policy, TrafficLookup
+from retirement.redact import redact_text
 from retirement.settings import RetireSettings
 from retirement.traffic.base import TrafficSource
+
+logger = logging.getLogger(__name__)
 
 QUARTER_RE = re.compile(r"^(\d{4})-Q([1-4])$")
 MAX_ROWS = 200  # rows per table in rendered reports; the JSON keeps every version
@@ -69,6 +75,35 @@ class ReviewTotals(BaseModel):
     by_rule: dict[str, int] = Field(default_factory=dict, description="Versions decided per rule.")
 
 
+class BackupRow(BaseModel):
+    """One backup, as the review lists it."""
+
+    reference: ModelRef = Field(description="The model (version) backed up.")
+    location: str = Field(description="Where the backup is (a folder, or an s3:// location).")
+    created_at: datetime = Field(description="When it was written.")
+    retain_until: datetime = Field(description="Until when it must be kept.")
+    size_bytes: int = Field(description="Sum of its files' sizes.")
+    purge_command: str | None = Field(default=None, description="The command that deletes it, once it may go.")
+
+
+class BackupReview(BaseModel):
+    """The backups of the store in force: those past retain-until, and those whose model still exists."""
+
+    store: str = Field(description="The backup store listed (RETIRE_BACKUP_URL, or the backup folder).")
+    backups: int = Field(default=0, description="Backups in the store.")
+    expired: list[BackupRow] = Field(
+        default_factory=list, description="Past their retain-until date: ready to purge (`retire backup purge`)."
+    )
+    model_exists: list[BackupRow] = Field(
+        default_factory=list,
+        description="Backups whose model (version) still exists on a reviewed platform: not retired, or restored.",
+    )
+    unchecked: int = Field(
+        default=0, description="Backups of platforms not in this review: whether their model still exists is unknown."
+    )
+    error: str | None = Field(default=None, description="Why the store could not be listed, when it could not.")
+
+
 class ReviewReport(BaseModel):
     """One quarterly review: every decision with its rule and reason, totals, and the diff."""
 
@@ -80,6 +115,7 @@ class ReviewReport(BaseModel):
     decisions: list[Decision] = Field(description="One per version reviewed.")
     totals: ReviewTotals = Field(description="Counts and storage.")
     diff: ReviewDiff | None = Field(default=None, description="Compared with the previous review, when there is one.")
+    backups: BackupReview | None = Field(default=None, description="The backups past retain-until or still needed.")
 
     def by_outcome(self, outcome: str) -> list[Decision]:
         """Decisions with this outcome (candidate, protected, kept), sorted by reference."""
@@ -121,6 +157,7 @@ def run_review(
     now: datetime,
     previous: ReviewReport | None = None,
     traffic: Mapping[str, TrafficLookup] | None = None,
+    backups: BackupStore | None = None,
 ) -> ReviewReport:
     """List every version of every platform, apply ``policy`` and explain each decision.
 
@@ -130,6 +167,7 @@ def run_review(
         now: the review's time (timezone-aware); ages and the quarter come from it.
         previous: the last earlier review, to report new, resolved and still-pending candidates.
         traffic: traffic lookups named by the policy's ``protect_in_use`` rules.
+        backups: the backup store whose backups are reviewed (default: the one RETIRE_BACKUP_URL names).
 
     Returns:
         The report; nothing is changed anywhere.
@@ -137,7 +175,9 @@ def run_review(
     entries: list[CatalogEntry] = []
     for catalog in catalogs.values():
         entries.extend(catalog.list_versions())
-    return review_entries(entries, policy, now=now, platforms=list(catalogs), previous=previous, traffic=traffic)
+    return review_entries(
+        entries, policy, now=now, platforms=list(catalogs), previous=previous, traffic=traffic, backups=backups
+    )
 
 
 def review_entries(
@@ -148,10 +188,12 @@ def review_entries(
     platforms: Sequence[str],
     previous: ReviewReport | None = None,
     traffic: Mapping[str, TrafficLookup] | None = None,
+    backups: BackupStore | None = None,
 ) -> ReviewReport:
     """Like :func:`run_review`, over entries already listed (the flow lists each platform in its own task)."""
     if now.tzinfo is None:
         raise InputError("now", "has no timezone", "a timezone-aware datetime, e.g. datetime.now(UTC)")
+    entries = list(entries)
     decisions = policy.evaluate(entries, now=now, traffic=traffic)
     outcomes = Counter(d.outcome for d in decisions)
     candidates = [d for d in decisions if d.outcome == "candidate"]
@@ -173,7 +215,83 @@ def review_entries(
         decisions=decisions,
         totals=totals,
         diff=_diff(decisions, previous) if previous is not None else None,
+        backups=review_backups(backups, entries, platforms=platforms, now=now),
     )
+
+
+# --- backups --------------------------------------------------------------------------------------
+
+
+def purge_command(location: str) -> str:
+    """The command that deletes the backup at ``location`` once its retain-until date has passed."""
+    return f"retire backup purge {shlex.quote(location)}"
+
+
+def _store_name(store: Any) -> str:
+    url = getattr(store, "url", None)
+    if isinstance(url, str):
+        return url
+    root = getattr(store, "root", None)
+    return str(root) if root is not None else type(store).__name__
+
+
+def _row(manifest: BackupManifest, expired: bool) -> BackupRow:
+    return BackupRow(
+        reference=manifest.source,
+        location=manifest.location,
+        created_at=manifest.created_at,
+        retain_until=manifest.retain_until,
+        size_bytes=manifest.total_bytes,
+        purge_command=purge_command(manifest.location) if expired else None,
+    )
+
+
+def review_backups(
+    store: BackupStore | None,
+    entries: Iterable[CatalogEntry],
+    *,
+    platforms: Sequence[str],
+    now: datetime,
+) -> BackupReview:
+    """Every backup of ``store`` past its retain-until date (with the command that purges it), and every backup
+    whose model still exists among ``entries`` (the versions the review listed).
+
+    A store that cannot be listed is reported in ``error``: the rest of the review stands.
+
+    Args:
+        store: the store to list; None: the one RETIRE_BACKUP_URL names.
+        entries: every version listed on ``platforms``.
+        platforms: the platforms reviewed; backups of other platforms are counted as unchecked.
+        now: the review's time.
+    """
+    name = "RETIRE_BACKUP_URL"
+    try:
+        if store is None:
+            from retirement.bootstrap import backup_store
+
+            store = backup_store(RetireSettings())
+        name = _store_name(store)
+        manifests = store.list()
+    except (RetirementError, ImportError) as exc:
+        logger.warning("the backup review could not list %s: %s", name, exc)
+        return BackupReview(store=name, error=redact_text(f"{type(exc).__name__}: {exc}"))
+    versions = {(e.reference.platform, e.reference.name, e.reference.version) for e in entries}
+    models = {(platform, model) for platform, model, _ in versions}
+    reviewed = set(platforms)
+    expired: list[BackupRow] = []
+    exists: list[BackupRow] = []
+    unchecked = 0
+    for manifest in sorted(manifests, key=lambda m: (m.retain_until, m.location)):
+        source = manifest.source
+        if manifest.retain_until <= now:
+            expired.append(_row(manifest, expired=True))
+        if source.platform not in reviewed:
+            unchecked += 1
+        elif (source.platform, source.name, source.version) in versions or (
+            source.version is None and (source.platform, source.name) in models
+        ):
+            exists.append(_row(manifest, expired=manifest.retain_until <= now))
+    return BackupReview(store=name, backups=len(manifests), expired=expired, model_exists=exists, unchecked=unchecked)
 
 
 # --- storing reviews ----------------------------------------------------------------------------
@@ -350,6 +468,41 @@ def _summary_lines(report: ReviewReport) -> list[str]:
     return lines
 
 
+def _backup_summary(backups: BackupReview) -> str:
+    if backups.error is not None:
+        return f"Backups in {backups.store}: could not be listed ({backups.error})."
+    line = (
+        f"Backups in {backups.store}: {backups.backups}, {len(backups.expired)} past their retain-until date "
+        f"(ready to purge), {len(backups.model_exists)} of models that still exist"
+    )
+    return line + (f", {backups.unchecked} of platforms not reviewed." if backups.unchecked else ".")
+
+
+def _backup_lines(backups: BackupReview, limit: int) -> list[str]:
+    """The backup section of the terminal report."""
+    out = ["BACKUPS", f"  {_backup_summary(backups)}"]
+    if backups.error is not None:
+        return out
+    out.append(f"  PAST RETAIN-UNTIL, READY TO PURGE ({len(backups.expired)})")
+    if not backups.expired:
+        out.append("    none")
+    for row in backups.expired[:limit]:
+        out.append(
+            f"    {row.reference.platform}:{row.reference}  kept until {row.retain_until:%Y-%m-%d}  "
+            f"{human_bytes(row.size_bytes)}  {row.location}"
+        )
+        out.append(f"      {row.purge_command}")
+    out.append(f"  MODEL STILL EXISTS ({len(backups.model_exists)})")
+    if not backups.model_exists:
+        out.append("    none")
+    for row in backups.model_exists[:limit]:
+        out.append(
+            f"    {row.reference.platform}:{row.reference}  taken {row.created_at:%Y-%m-%d}  "
+            f"kept until {row.retain_until:%Y-%m-%d}  {human_bytes(row.size_bytes)}  {row.location}"
+        )
+    return out
+
+
 def render_markdown(report: ReviewReport, limit: int = MAX_ROWS) -> str:
     """The report as markdown, for a Prefect artifact."""
     out = [f"# Retention review {report.quarter}", "", *_summary_lines(report), ""]
@@ -376,6 +529,21 @@ def render_markdown(report: ReviewReport, limit: int = MAX_ROWS) -> str:
         out += [f"- new: {', '.join(d.new[:limit]) or 'none'}"]
         out += ["- resolved: " + (", ".join(f"{r.key} ({r.why})" for r in d.resolved[:limit]) or "none")]
         out += [f"- still pending: {', '.join(d.pending[:limit]) or 'none'}", ""]
+    if report.backups is not None:
+        b = report.backups
+        out += ["## Backups", "", _backup_summary(b), ""]
+        if b.expired:
+            out += ["| backup of | kept until | size | purge |", "|---|---|---|---|"]
+            out += [
+                f"| {_md_cell(f'{r.reference.platform}:{r.reference}')} | {r.retain_until:%Y-%m-%d} | "
+                f"{human_bytes(r.size_bytes)} | `{_md_cell(r.purge_command or '')}` |"
+                for r in b.expired[:limit]
+            ]
+            out.append("")
+        if b.model_exists:
+            out += ["Backups of models that still exist:", ""]
+            out += [f"- {_md_cell(f'{r.reference.platform}:{r.reference}')}: `{r.location}`" for r in b.model_exists]
+            out.append("")
     return "\n".join(out)
 
 
@@ -399,6 +567,9 @@ def render_table(report: ReviewReport, limit: int = MAX_ROWS) -> str:
         out.append(f"  new: {', '.join(d.new) or 'none'}")
         out.append("  resolved: " + (", ".join(f"{r.key} ({r.why})" for r in d.resolved) or "none"))
         out.append(f"  still pending: {', '.join(d.pending) or 'none'}")
+        out.append("")
+    if report.backups is not None:
+        out += _backup_lines(report.backups, limit)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -444,6 +615,8 @@ def retirement_requests(
 
 
 __all__ = [
+    "BackupReview",
+    "BackupRow",
     "ReviewDiff",
     "ReviewReport",
     "ReviewStore",
@@ -451,12 +624,14 @@ __all__ = [
     "SampledTraffic",
     "human_bytes",
     "platform_catalog",
+    "purge_command",
     "quarter_of",
     "render_digest",
     "render_markdown",
     "render_table",
     "report_json",
     "retirement_requests",
+    "review_backups",
     "review_entries",
     "run_review",
     "table_rows",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.model-retirement")
@@ -24,6 +25,12 @@ class RetireSettings(BaseSettings):
     )
     backup_root: Path | None = Field(
         default=None, description="Root of the filesystem backup store (default: <home>/backups)."
+    )
+    backup_url: str | None = Field(
+        default=None,
+        description="Where backups are kept: s3://BUCKET[/PREFIX] (S3-compatible object storage; the bucket must "
+        "have Object Lock enabled; needs the `s3` extra) or file:///ABSOLUTE/PATH. Unset: the filesystem store "
+        "under backup_root (<home>/backups).",
     )
     ledger_path: Path | None = Field(
         default=None,
@@ -121,3 +128,60 @@ class RetireSettings(BaseSettings):
     def gateway_url(self) -> str:
         """Base URL of the local gateway."""
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+
+class S3BackupSettings(BaseSettings):
+    """How to reach the bucket of RETIRE_BACKUP_URL=s3://...: the usual AWS variables, and how backups are locked."""
+
+    model_config = SettingsConfigDict(env_prefix="RETIRE_BACKUP_S3_", extra="ignore")
+
+    endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RETIRE_BACKUP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="Endpoint of an S3-compatible service (MinIO, Ceph, a cloud's S3 API); unset: AWS S3.",
+    )
+    region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RETIRE_BACKUP_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="Region of the bucket; unset: boto3's own default (its config file).",
+    )
+    access_key_id: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"),
+        description="Access key id; unset: boto3's credential chain (profile, instance or task role).",
+    )
+    secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"), description="Secret access key."
+    )
+    session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_SESSION_TOKEN"),
+        description="Session token of temporary credentials.",
+    )
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        default="COMPLIANCE",
+        validation_alias=AliasChoices("RETIRE_BACKUP_S3_LOCK_MODE"),
+        description="S3 Object Lock mode every backup object is written under until its retain-until date. "
+        "COMPLIANCE: no one, not even the account root, can delete or shorten it early; GOVERNANCE: only "
+        "someone with s3:BypassGovernanceRetention can.",
+    )
+    part_size_mib: int = Field(
+        default=8,
+        ge=5,
+        le=512,
+        validation_alias=AliasChoices("RETIRE_BACKUP_S3_PART_SIZE_MIB"),
+        description="Size of one part of a multipart upload (MiB); each upload worker holds one part in memory.",
+    )
+
+    @field_validator("endpoint_url", "region", "access_key_id", "secret_access_key", "session_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # An exported-but-empty variable means "not configured", not "an empty key".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("lock_mode", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
