@@ -167,7 +167,7 @@ def stores_ledger(engine: object) -> object:
 
 @pytest.mark.parametrize("rounds", [50])
 def test_two_processes_opening_one_model_at_the_same_instant_exactly_one_wins(tmp_path: Path, rounds: int) -> None:
-    ctx = multiprocessing.get_context("fork")  # SQLite engines use no pool: nothing shared crosses the fork
+    ctx = multiprocessing.get_context("fork")  # a forked child drops the parent's pooled connections (db.py)
     for i in range(rounds):
         url = f"sqlite:///{tmp_path / f'race-{i}.db'}"
         db.engine_for(url)  # migrated before the race, as a running installation is
