@@ -24,6 +24,11 @@ class GatePrep(BaseModel):
     description: str = Field(description="Markdown shown above the form.")
     deadline: datetime = Field(description="When the gate fails safe.")
     answered: Approval | None = Field(default=None, description="The decision, if the gate was already answered.")
+    asked_on: str | None = Field(
+        default=None,
+        description="The flow run that first waited at this gate: an answer given to it still counts when it died "
+        "before recording it.",
+    )
 
 
 def open_gate(
@@ -53,6 +58,7 @@ def open_gate(
     if gate == protocol.GATE_DELETION:
         extra += ["", f"Backup (verified): `{state.backup_location}`"]
         extra += [f"Backup manifest sha256: `{state.backup_manifest_sha256}` (the approval binds to it)"]
+        extra += ["", f"**{protocol.drill_summary(state)}**"]
         for bad in state.tampered_backups:
             extra += [
                 "",
@@ -85,6 +91,7 @@ def open_gate(
         description=description,
         deadline=state.gate_deadline or utcnow(),
         answered=answered,
+        asked_on=state.gate_run if state.pending_gate == key else None,
     )
 
 

@@ -778,6 +778,86 @@ def backup(
     return manifest.location
 
 
+def restore_drill(svc: Services, state: RetirementState) -> dict[str, Any]:
+    """Restore the verified backup into a scratch place and prove it (once per backup); recorded in the ledger.
+
+    Every file comes back from the store and is compared with the manifest where it landed; on the local
+    platform the restored files also become a scratch version that must answer a golden request through
+    the gateway, then are removed. A failed drill blocks the delete (:func:`deletion_checks`).
+    """
+    from retirement.backup.drill import run_drill
+    from retirement.platforms.local import LocalRegistry
+
+    if state.backup_location is None:
+        raise SafetyError("no backup to drill")
+    if state.drill is not None and state.drill.get("manifest_sha256") == state.backup_manifest_sha256:
+        return state.drill
+    registry = svc.platform.registry
+    scratch = svc.settings.home.expanduser() / "drills"
+    local = registry if isinstance(registry, LocalRegistry) else None
+    scratch_ref = (
+        ModelRef(platform=state.ref.platform, name=f"{state.ref.name}-restore-drill", version=state.ref.version)
+        if local is not None and state.ref.version
+        else None
+    )
+
+    def probe(ref: ModelRef) -> str | None:
+        import httpx
+
+        from retirement.gateway.app import predict_outputs
+
+        url = f"{svc.settings.gateway_url}/v1/models/{ref}/predict"
+        try:
+            answer = httpx.post(url, json={"inputs": [1, 2, 3]}, timeout=30)
+        except httpx.HTTPError as exc:
+            return f"the gateway did not answer ({type(exc).__name__})"
+        if answer.status_code != 200:
+            return f"the gateway answered {answer.status_code}"
+        if answer.json().get("outputs") != predict_outputs([1, 2, 3], str(ref.version)):
+            return "its answer differs from the original version's"
+        return None
+
+    def remove(ref: ModelRef) -> None:
+        assert local is not None
+        local.delete(ref)
+        with contextlib.suppress(Exception):  # the scratch model goes when empty
+            local.delete_model(ref.name)
+
+    report = run_drill(
+        svc.backups,  # type: ignore[arg-type]
+        state.backup_location,
+        scratch,
+        importer=local,
+        scratch_ref=scratch_ref,
+        probe=probe if local is not None else None,
+        remove=remove if local is not None else None,
+    )
+    report.manifest_sha256 = state.backup_manifest_sha256
+    state.drill = report.model_dump()
+    commit(svc, state, "outcome", "restore-drill", detail={**state.drill, "ok": report.ok})
+    if not report.ok:
+        announce(
+            svc,
+            state,
+            NotificationStatus.ALERT,
+            f"The restore drill of {state.backup_location} failed: {'; '.join(report.problems[:5])}. "
+            "The delete is blocked.",
+        )
+    return state.drill
+
+
+def drill_summary(state: RetirementState) -> str:
+    """The drill's result in one line, for the deletion gate and the report."""
+    drill = state.drill
+    if drill is None or drill.get("manifest_sha256") != state.backup_manifest_sha256:
+        return "restore drill: not run for this backup"
+    if drill.get("problems"):
+        return "restore drill FAILED: " + "; ".join(drill["problems"][:5])
+    served = f"; {drill['served']}" if drill.get("served") else ""
+    restored = f"{drill['files']} files, {drill['bytes']} bytes restored and equal to the manifest"
+    return f"restore drill passed: {restored}{served}"
+
+
 # --- gates ----------------------------------------------------------------------------------------
 
 
@@ -884,6 +964,9 @@ def deletion_checks(svc: Services, state: RetirementState, now: datetime) -> lis
         manifests = [m for m in svc.backups.list(state.ref) if m.location == state.backup_location]
         if not manifests or manifests[0].source != state.ref:
             failures.append(f"the backup at {state.backup_location} is not a backup of {state.ref}")
+    summary = drill_summary(state)
+    if not summary.startswith("restore drill passed"):
+        failures.append(summary)
     if state.window_start is None:
         failures.append("the traffic window never opened")
     else:

@@ -112,6 +112,9 @@ class RetirementState(BaseModel):
     resumes: list[dict[str, Any]] = Field(
         default_factory=list, description="Each time the reconciler resumed this retirement: when, why, which run."
     )
+    drill: dict[str, Any] | None = Field(
+        default=None, description="The restore drill of the current backup: what was restored, proved, or wrong."
+    )
     delete_requested_at: datetime | None = Field(
         default=None, description="When the platform accepted a delete that had not shown as gone yet."
     )

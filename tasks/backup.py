@@ -9,6 +9,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 
 from retirement import protocol
+from retirement.errors import SafetyError
 from retirement.models import RetirementRequest, utcnow
 from tasks._context import load
 
@@ -27,6 +28,10 @@ def backup(request: RetirementRequest, retirement_id: str) -> str:
 
     location = protocol.backup(svc, state, utcnow(), progress)
     update_progress_artifact(artifact, 100.0)
+    drill = protocol.restore_drill(svc, state)
+    get_run_logger().info("%s", protocol.drill_summary(state))
+    if drill.get("problems"):
+        raise SafetyError(protocol.drill_summary(state))
     manifest = next(m for m in svc.backups.list(state.ref) if m.location == location)
     create_table_artifact(
         [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],

@@ -66,3 +66,6 @@ def test_demo_auto_approve_retires_the_old_version(tmp_path: Path) -> None:
     assert state.status == "done" and state.receipt is not None and state.receipt.verified_gone
     assert state.backup_location and (Path(state.backup_location) / "manifest.json").exists()
     assert ledger.verify()[0] > 20
+    drill = ledger.find(state.id, "restore-drill")  # restored, served as a scratch version, removed again
+    assert drill is not None and drill.detail["ok"] and "answered a golden request" in drill.detail["served"]
+    assert not registry.exists(ModelRef(name="churn-model-restore-drill", version="1"))

@@ -105,3 +105,18 @@ def test_a_model_deleted_by_someone_else_before_the_delete_is_recorded_not_crash
     receipt = protocol.delete(world.services, state, _later(state))  # type: ignore[arg-type]
     assert receipt.verified_gone and "deleted outside this retirement" in receipt.removed[0]
     assert [c for c in world.registry.calls if c[0] == "delete"] == []
+
+
+def test_a_restore_drill_that_fails_blocks_the_delete_with_its_reason(world: World) -> None:
+    state = _to_backup(world)
+    _approve(state, protocol.GATE_DELETION)
+    assert protocol.drill_summary(state).startswith("restore drill passed: 2 files")  # type: ignore[arg-type]
+    state.drill = None  # a new drill, of a backup damaged since the last one
+    victim = next(p for p in Path(state.backup_location or "").rglob("weights.bin"))
+    victim.write_bytes(b"x" + victim.read_bytes()[1:])
+    drill = protocol.restore_drill(world.services, state)  # type: ignore[arg-type]
+    assert any("weights.bin" in p for p in drill["problems"])
+    with pytest.raises(SafetyError, match="restore drill FAILED"):
+        protocol.delete(world.services, state, _later(state))  # type: ignore[arg-type]
+    assert world.registry.exists(world.old)
+    assert world.services.ledger.find(state.id, "restore-drill").detail["ok"] is False  # type: ignore[union-attr]

@@ -54,6 +54,7 @@ def _to_backup(world: World, **overrides: object) -> RetirementState:
     assert state.window_end is not None
     protocol.verify_idle(svc, state, state.window_end)
     protocol.backup(svc, state, utcnow())
+    protocol.restore_drill(svc, state)
     return state
 
 
