@@ -30,6 +30,9 @@ class RunView:
     message: str
     started: datetime | None
     since: datetime | None = None  # when the run entered its current state
+    # A gate's deadline run (scheduled for when the gate fails safe, cancelled once it is answered): it never
+    # carries the retirement, and its cancel is the retirement's own doing.
+    deadline: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ def decide(
     rid = state.id
     if state.stopped:
         return Decision(rid, "leave", f"{state.status}: nothing to carry")
+    # A deadline run scheduled days ahead would otherwise count as live while the run it guards is gone,
+    # and once cancelled (its gate answered) it would look like the last run, cancelled by a person.
+    runs = [r for r in runs if not r.deadline]
     lost = tuple(
         r.id for r in runs if r.state_type == "PENDING" and r.since is not None and now - r.since > pending_limit
     )

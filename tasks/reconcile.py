@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.events.actions import ChangeFlowRunState
-from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.states import Crashed
 
@@ -37,25 +37,22 @@ def _view(run: FlowRun) -> RunView:
         message=(state.message or "") if state else "",
         started=run.start_time or run.expected_start_time or run.created,
         since=state.timestamp if state else None,
+        deadline=bool((run.parameters or {}).get("expire_gate")),
     )
 
 
-@task(name="ensure-zombie-automation", cache_policy=NO_CACHE)
-def ensure_zombie_automation(within_seconds: int | None = None) -> str:
-    """Make sure a run whose process died (no heartbeat for ``within_seconds``) is marked Crashed.
+def zombie_automation(within_seconds: int) -> Automation:
+    """The automation that marks a retirement run Crashed once it stopped beating for ``within_seconds``.
 
-    Prefect's documented recipe for zombie runs; a paused or suspended run stops beating on purpose
-    and is left alone. Runs beat when PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set (prefect.yaml sets 30 s).
+    Armed by each heartbeat and by the run entering Running: a run killed right after it started (a resumed
+    gate, say) may die before its first heartbeat reaches the server, and would otherwise stay Running forever.
+    Paused and suspended runs stop beating on purpose and are left alone.
     """
-    within_seconds = within_seconds or RetireSettings().zombie_after_seconds
-    with get_client(sync_client=True) as client:
-        if any(a.name == ZOMBIE_AUTOMATION for a in client.read_automations_by_name(ZOMBIE_AUTOMATION)):
-            return "exists"
-    Automation(
+    return Automation(
         name=ZOMBIE_AUTOMATION,
         description="A retirement run whose process died is marked Crashed, so the reconciler resumes it.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={
                 "prefect.flow-run.heartbeat",
                 "prefect.flow-run.Completed",
@@ -76,21 +73,58 @@ def ensure_zombie_automation(within_seconds: int | None = None) -> str:
                 state=StateType.CRASHED, message=f"no heartbeat for {within_seconds} s: its process is gone"
             )
         ],
-    ).create()
+    )
+
+
+def _same(found: AutomationCore, wanted: AutomationCore) -> bool:
+    """Whether an existing automation already does what ``wanted`` does (ids aside; updating it resets its timers)."""
+
+    def shape(automation: AutomationCore) -> object:
+        trigger = automation.trigger.model_dump(mode="json", exclude={"id"})
+        actions = [a.model_dump(mode="json", exclude={"id"}) for a in automation.actions]
+        return trigger, actions, automation.enabled
+
+    return shape(found) == shape(wanted)
+
+
+@task(name="ensure-zombie-automation", cache_policy=NO_CACHE)
+def ensure_zombie_automation(within_seconds: int | None = None) -> str:
+    """Make sure a run whose process died (no heartbeat for ``within_seconds``) is marked Crashed.
+
+    Prefect's documented recipe for zombie runs; a paused or suspended run stops beating on purpose
+    and is left alone. Runs beat when PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set (prefect.yaml sets 30 s).
+    An automation made by an earlier version (or with another delay) is brought up to date.
+    """
+    wanted = zombie_automation(within_seconds or RetireSettings().zombie_after_seconds)
+    with get_client(sync_client=True) as client:
+        found = [a for a in client.read_automations_by_name(ZOMBIE_AUTOMATION) if a.name == ZOMBIE_AUTOMATION]
+        if found and _same(found[0], wanted):
+            return "exists"
+        if found:
+            client.update_automation(found[0].id, wanted)
+            return "updated"
+    wanted.create()
     return "created"
 
 
 @task(name="judge-retirements", cache_policy=NO_CACHE)
 def judge() -> list[tuple[Decision, dict[str, object]]]:
-    """Every open retirement judged against its runs; each decision with the request it belongs to."""
-    _, states = bootstrap.stores(RetireSettings())
+    """Every open retirement judged against its runs; each decision with the request it belongs to.
+
+    A run still Pending twice the zombie delay after a worker took it (at least 2 minutes) was lost with
+    that worker: its process never started, so it never beat and the zombie automation cannot see it.
+    """
+    settings = RetireSettings()
+    _, states = bootstrap.stores(settings)
     found = states.by_status(OPEN)
     now = utcnow()
+    pending_limit = timedelta(seconds=max(120, 2 * settings.zombie_after_seconds))
     decisions: list[tuple[Decision, dict[str, object]]] = []
     with get_client(sync_client=True) as client:
         for state in found:
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[state.id])))
-            decision = decide(state, [_view(r) for r in runs if str(r.id) != _self_id()], now)
+            views = [_view(r) for r in runs if str(r.id) != _self_id()]
+            decision = decide(state, views, now, pending_limit=pending_limit)
             decisions.append((decision, state.request.model_dump(mode="json")))
     return decisions
 

@@ -287,7 +287,8 @@ def _run_truth(settings: RetireSettings, open_states: list[RetirementState]) -> 
         use_server(settings)
         truth: dict[str, str] = {}
         for state in open_states:
-            runs = retirement_runs(state.id)
+            # A gate's deadline run (scheduled for when the gate fails safe) carries nothing.
+            runs = [r for r in retirement_runs(state.id) if not (r.parameters or {}).get("expire_gate")]
             live = [r for r in runs if r.state is not None and r.state.type.value in LIVE_TYPES]
             if live:
                 run = live[0]
