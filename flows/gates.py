@@ -9,14 +9,17 @@ refuses a wrong answer before the run resumes.
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
+from prefect.input.actions import read_flow_run_input
 from pydantic import Field, create_model
 
 from retirement.errors import ApprovalError
+from retirement.gates import GatePrep
 from retirement.models import Approval, RetirementRequest, utcnow
 from retirement.settings import RetireSettings
 from tasks.gates import prepare_gate, record_decision
@@ -63,6 +66,23 @@ def gate_form(gate: str, approvers: list[str], confirm: str | None) -> type[RunI
     return create_model(name, __base__=RunInput, **fields)
 
 
+def _answer_left(prep: GatePrep, context: FlowRunContext | None) -> dict[str, Any] | None:
+    """The answer a person gave at this very gate to an earlier run that died before recording it.
+
+    A run killed between the answer (which resumes it) and the record leaves the answer on that run only;
+    the run that carries the retirement on must not ask the same question again. Whatever it says is
+    checked again by ``record_decision`` like any answer.
+    """
+    current = str(context.flow_run.id) if context is not None and context.flow_run is not None else None
+    if not prep.asked_on or prep.asked_on == current:
+        return None
+    for kind in ("suspended", "paused"):  # Prefect keys the answer by the state the run waited in
+        found = read_flow_run_input(f"{kind}-{prep.key}-response", flow_run_id=UUID(prep.asked_on))
+        if isinstance(found, dict):
+            return {k: v for k, v in found.items() if k != "metadata"}
+    return None
+
+
 def ask(
     request: RetirementRequest, retirement_id: str, gate: str, title: str, what: str, checklist: list[str] | None = None
 ) -> Approval:
@@ -76,27 +96,29 @@ def ask(
         if prep.answered is not None:
             approval = prep.answered
         else:
-            form = gate_form(gate, prep.approvers, prep.confirm).with_initial_data(description=prep.description)
-            timeout = max(1, int((prep.deadline - utcnow()).total_seconds()))
             context = FlowRunContext.get()
-            deployed = context is not None and context.flow_run is not None and context.flow_run.deployment_id
-            if deployed:
-                schedule_gate_expiry(request, retirement_id, prep.key, prep.deadline)
-                answer = suspend_flow_run(wait_for_input=form, timeout=timeout, key=prep.key)
-            else:
-                try:
-                    answer = pause_flow_run(
-                        wait_for_input=form,
-                        timeout=timeout,
-                        poll_interval=RetireSettings().gate_poll_seconds,
-                        key=prep.key,
-                    )
-                except FlowPauseTimeout:
-                    raise ApprovalError(
-                        f"approval gate {gate} timed out after {request.gate_timeout_hours:g} h"
-                    ) from None
+            answer = _answer_left(prep, context)
+            if answer is None:
+                form = gate_form(gate, prep.approvers, prep.confirm).with_initial_data(description=prep.description)
+                timeout = max(1, int((prep.deadline - utcnow()).total_seconds()))
+                deployed = context is not None and context.flow_run is not None and context.flow_run.deployment_id
+                if deployed:
+                    schedule_gate_expiry(request, retirement_id, prep.key, prep.deadline)
+                    answer = suspend_flow_run(wait_for_input=form, timeout=timeout, key=prep.key).model_dump()
+                else:
+                    try:
+                        answer = pause_flow_run(
+                            wait_for_input=form,
+                            timeout=timeout,
+                            poll_interval=RetireSettings().gate_poll_seconds,
+                            key=prep.key,
+                        ).model_dump()
+                    except FlowPauseTimeout:
+                        raise ApprovalError(
+                            f"approval gate {gate} timed out after {request.gate_timeout_hours:g} h"
+                        ) from None
             try:
-                approval = record_decision(request, retirement_id, gate, answer.model_dump(), prep.confirm)
+                approval = record_decision(request, retirement_id, gate, answer, prep.confirm)
             except ApprovalError:
                 continue
         if approval.decision != "approve":
