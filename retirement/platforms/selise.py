@@ -75,7 +75,11 @@ class SeliseSettings(BaseSettings):
     )
     client_id: str | None = Field(default=None, description="Client id of a client credential of the project.")
     client_secret: SecretStr | None = Field(default=None, description="Secret of that client credential.")
-    grant_type: str = Field(default="client_credentials", description="grant_type sent to the token endpoint.")
+    grant_type: str = Field(
+        default="client_credential",
+        description="grant_type sent to the token endpoint: Selise's OAuth Token page documents 'client_credential' "
+        "(singular); set another only for a deployment that differs.",
+    )
     timeout: float = Field(default=60.0, gt=0, description="Seconds before an HTTP call times out.")
 
 
@@ -97,6 +101,10 @@ def selise_message(body: Any) -> str | None:
 class SeliseTokenAuth(httpx.Auth):
     """Bearer token from the client-credentials endpoint, cached until it expires and renewed once on a 401.
 
+    The token request is what Selise's OAuth Token page shows: ``POST /authentication/v1/OAuth/Token``
+    with the ``x-blocks-key`` header and a ``multipart/form-data`` body (the page says it "Must be
+    multipart/form-data") of ``grant_type=client_credential``, ``client_id`` and ``client_secret``.
+
     Args:
         token_url: absolute URL of ``/authentication/v1/OAuth/Token``.
         blocks_key: the project's x-blocks-key, sent with every request.
@@ -115,7 +123,7 @@ class SeliseTokenAuth(httpx.Auth):
         client_id: str,
         client_secret: SecretStr,
         *,
-        grant_type: str = "client_credentials",
+        grant_type: str = "client_credential",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         remember(blocks_key, client_secret)
@@ -129,15 +137,17 @@ class SeliseTokenAuth(httpx.Auth):
         self._expires_at = 0.0
 
     def _token_request(self) -> httpx.Request:
+        # (None, value) makes each field a plain multipart form field (no filename), as `curl --form` sends it.
+        fields = {
+            "grant_type": self._grant_type,
+            "client_id": self._client_id,
+            "client_secret": self._client_secret.get_secret_value(),
+        }
         return httpx.Request(
             "POST",
             self.token_url,
             headers={"x-blocks-key": self._blocks_key.get_secret_value(), "accept": "application/json"},
-            data={
-                "grant_type": self._grant_type,
-                "client_id": self._client_id,
-                "client_secret": self._client_secret.get_secret_value(),
-            },
+            files={name: (None, value) for name, value in fields.items()},
         )
 
     def _store(self, response: httpx.Response) -> None:

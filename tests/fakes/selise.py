@@ -1,6 +1,8 @@
 """A stateful fake of the Selise Blocks API (token, models, agents), over real HTTP or a MockTransport.
 
-It speaks the documented shapes: the client-credentials token endpoint, ``GET /models/`` with its
+It speaks the documented shapes: the token endpoint as Selise's OAuth Token page shows it (a
+``multipart/form-data`` body, which the page says it "Must be", with ``grant_type=client_credential``,
+``client_id`` and ``client_secret``; anything else is refused), ``GET /models/`` with its
 filters and pages (at most 100 a page), ``GET``/``DELETE /models/{id}?project_key=``, ``POST
 /agents/queries``, ``GET /agents/query/{id}``, ``POST /agents/update-ai-configurations``; FastAPI 422
 ``{"detail": [{loc, msg, type}]}`` for bad parameters, 409 when the model is in use, and the rule that
@@ -9,6 +11,8 @@ the last model of a project cannot be deleted.
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import secrets
 import threading
@@ -24,6 +28,25 @@ CLIENT_SECRET = "client-secret-xyz"
 PROVIDERS = {"openai", "azure", "anthropic", "google", "mistral", "deepseek", "custom"}
 MODEL_TYPES = {"chat", "embedding", "completion"}
 STATUSES = {"valid", "invalid"}
+GRANT_TYPE = "client_credential"  # the OAuth Token page's example and table: singular
+
+
+def multipart_fields(content_type: str, raw: bytes) -> dict[str, str] | None:
+    """The text fields of a multipart/form-data body, or None when the body is not multipart/form-data."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    if not message.is_multipart():
+        return None
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            fields[name] = payload.decode() if isinstance(payload, bytes) else ""
+    return fields
 
 
 def invalid(where: str, name: str, msg: str, kind: str) -> tuple[int, Any]:
@@ -103,8 +126,11 @@ class SeliseState:
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         headers = {k.lower(): v for k, v in headers.items()}
         body: Any = None
+        content_type = headers.get("content-type", "")
         if raw:
-            if "form" in headers.get("content-type", ""):
+            if content_type.startswith("multipart/form-data"):
+                body = multipart_fields(content_type, raw)
+            elif content_type.startswith("application/x-www-form-urlencoded"):
                 body = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
             else:
                 try:
@@ -122,7 +148,15 @@ class SeliseState:
         if headers.get("x-blocks-key") != PROJECT_KEY:
             return 403, {"is_success": False, "detail": "invalid x-blocks-key", "error": {}}
         if path == "/authentication/v1/OAuth/Token" and method == "POST":
+            if not headers.get("content-type", "").startswith("multipart/form-data"):
+                return 415, {
+                    "is_success": False,
+                    "detail": f"Content-Type must be multipart/form-data, not {headers.get('content-type')!r}",
+                    "error": {},
+                }
             form = body if isinstance(body, dict) else {}
+            if form.get("grant_type") != GRANT_TYPE:
+                return 400, {"error": "unsupported_grant_type", "error_description": f"{form.get('grant_type')!r}"}
             if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
                 return 401, {"is_success": False, "detail": "invalid client credentials", "error": {}}
             token = secrets.token_hex(8)
@@ -281,4 +315,13 @@ class SeliseServer:
             self._thread.join(timeout=10)
 
 
-__all__ = ["CLIENT_ID", "CLIENT_SECRET", "PROJECT_KEY", "Call", "SeliseServer", "SeliseState"]
+__all__ = [
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "GRANT_TYPE",
+    "PROJECT_KEY",
+    "Call",
+    "SeliseServer",
+    "SeliseState",
+    "multipart_fields",
+]

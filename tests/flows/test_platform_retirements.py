@@ -49,7 +49,7 @@ from tests.fakes.datature_vi import FakeVi
 from tests.fakes.openai_api import OpenAIApi
 from tests.fakes.platform import FakeTraffic, RecordingNotifier, World
 from tests.fakes.replicate_api import ReplicateApi
-from tests.fakes.selise import CLIENT_ID, CLIENT_SECRET, PROJECT_KEY, SeliseServer
+from tests.fakes.selise import CLIENT_ID, CLIENT_SECRET, GRANT_TYPE, PROJECT_KEY, SeliseServer
 from tests.flows.conftest import Answer, Driver
 
 __all__ = ["bailo_server", "mlflow_server", "openai_server", "replicate_server", "selise_server", "vi_server"]
@@ -328,10 +328,9 @@ def _selise(retiring: Retiring, server: SeliseServer, monkeypatch: pytest.Monkey
 def _selise_get(server: SeliseServer, path: str) -> httpx.Response:
     """GET ``path`` from the fake as a client of the project would (token, x-blocks-key, project_key)."""
     with httpx.Client(base_url=server.base_url, headers={"x-blocks-key": PROJECT_KEY}) as http:
-        token = http.post(
-            "/authentication/v1/OAuth/Token",
-            data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
-        ).json()["access_token"]
+        form = {"grant_type": GRANT_TYPE, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        answer = http.post("/authentication/v1/OAuth/Token", files={k: (None, v) for k, v in form.items()})
+        token = answer.json()["access_token"]
         return http.get(path, params={"project_key": PROJECT_KEY}, headers={"Authorization": f"Bearer {token}"})
 
 

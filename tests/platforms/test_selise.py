@@ -107,8 +107,10 @@ def test_token_is_fetched_once_cached_and_renewed_on_expiry(
     assert registry.exists(OLD) and registry.exists(NEW)
     token_calls = state.calls_of("POST", TOKEN_PATH)
     assert len(token_calls) == 1
+    # As Selise's OAuth Token page shows it: multipart/form-data, grant_type=client_credential.
+    assert token_calls[0].headers["content-type"].startswith("multipart/form-data; boundary=")
     assert token_calls[0].body == {
-        "grant_type": "client_credentials",
+        "grant_type": "client_credential",
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
     }
@@ -119,6 +121,44 @@ def test_token_is_fetched_once_cached_and_renewed_on_expiry(
     clock.now += 3600
     registry.exists(OLD)
     assert len(state.calls_of("POST", TOKEN_PATH)) == 2
+
+
+@pytest.mark.parametrize(
+    ("grant_type", "encoding", "status"),
+    [("client_credential", "urlencoded", 415), ("client_credentials", "multipart", 400)],
+    ids=["form-urlencoded-body", "plural-grant-type"],
+)
+def test_the_fake_refuses_a_token_request_the_docs_do_not_show(
+    app: App, state: SeliseState, grant_type: str, encoding: str, status: int
+) -> None:
+    fields = {"grant_type": grant_type, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    with httpx.Client(base_url=BASE, transport=httpx.MockTransport(app)) as http:
+        headers = {"x-blocks-key": PROJECT_KEY}
+        if encoding == "urlencoded":
+            answer = http.post(TOKEN_PATH, data=fields, headers=headers)
+        else:
+            answer = http.post(TOKEN_PATH, files={k: (None, v) for k, v in fields.items()}, headers=headers)
+    assert answer.status_code == status
+    assert not state.tokens
+
+
+def test_a_configured_grant_type_is_sent_for_deployments_that_differ(
+    monkeypatch: pytest.MonkeyPatch, settings: RetireSettings
+) -> None:
+    monkeypatch.setenv("RETIRE_SELISE_PROJECT_KEY", PROJECT_KEY)
+    monkeypatch.setenv("RETIRE_SELISE_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("RETIRE_SELISE_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("RETIRE_SELISE_GRANT_TYPE", "client_credentials")
+    platform = get_platform("selise", settings)
+    try:
+        registry = platform.registry
+        assert isinstance(registry, SeliseRegistry)
+        auth = registry.api.http.auth
+        assert isinstance(auth, SeliseTokenAuth)
+        request = auth._token_request()
+        assert b'name="grant_type"\r\n\r\nclient_credentials\r\n' in request.read()
+    finally:
+        platform.close()
 
 
 def test_a_401_renews_the_token_once(registry: SeliseRegistry, state: SeliseState) -> None:
