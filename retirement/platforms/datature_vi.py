@@ -4,10 +4,16 @@ References are ``run_id@ckpt`` (or ``run_id`` alone). Vi has no per-checkpoint d
 ``DELETE /workspaces/{org}/runs/{run_id}`` takes every checkpoint of the run, so the dossier lists
 them all and the deletion gate's typed confirmation names the run (``confirmation_reference``).
 
+Requests are made as vi-sdk 0.1.0b7 makes them: ``Authorization: Bearer <secret key>`` and an
+``Organization-Id`` header on every API call (``SecretKeyAuth.get_headers``); a checkpoint with its
+download link is ``GET .../runs/{run}/outputs/{ckpt}?intent=sdkLocalDeploy&contents=y`` (the SDK's
+link builder writes booleans as ``y``/``n``), and its answer is decoded as a page whose last item is
+the checkpoint (``Model.get`` takes ``items[-1]``). A bare output object is accepted as well.
+
 Assumptions where Vi's docs are silent (each kept in one helper so it is easy to correct):
 
-- a checkpoint's id is the last path segment of its output's ``selfLink`` (the SDK fetches
-  ``.../outputs/{ckpt}``), falling back to ``metadata.ckpt`` / ``metadata.name``;
+- a checkpoint's id is the output's ``runOutputId`` (vi-sdk's ``Model.model_id``), else the last path
+  segment of its ``selfLink`` (the SDK fetches ``.../outputs/{ckpt}``), else ``metadata.ckpt`` / ``metadata.name``;
 - a deployment names what it serves in ``spec.runId`` and ``spec.ckpt`` (or under ``spec.model``),
   and the cutover is ``PATCH .../deployments/{id}`` with that same shape and only those fields;
 - deployment statistics are live snapshots (``requestsPerSecond``): a past window is known only
@@ -162,10 +168,28 @@ def _last_segment(link: Any) -> str | None:
     return None
 
 
+def _single_output(body: Any, where: str) -> dict[str, Any]:
+    """The output a ``.../outputs/{ckpt}`` answer holds: the last item of a page (as vi-sdk reads it), or the object."""
+    if isinstance(body, dict) and isinstance(body.get("items"), list):
+        items = [item for item in body["items"] if isinstance(item, dict)]
+        if not items:
+            raise PlatformError(PLATFORM, f"checkpoint {where}: Vi answered an empty page of outputs")
+        return items[-1]
+    if isinstance(body, dict):
+        return body
+    raise PlatformError(PLATFORM, f"checkpoint {where}: Vi answered neither a page nor an output")
+
+
 def checkpoint_id(output: dict[str, Any]) -> str:
     """The checkpoint id of one output (see the module docstring for the assumption)."""
     metadata = _dict(output.get("metadata"))
-    for candidate in (_last_segment(output.get("selfLink")), metadata.get("ckpt"), metadata.get("name")):
+    candidates = (
+        output.get("runOutputId"),
+        _last_segment(output.get("selfLink")),
+        metadata.get("ckpt"),
+        metadata.get("name"),
+    )
+    for candidate in candidates:
         if candidate:
             return str(candidate)
     raise PlatformError(PLATFORM, f"an output of run {output.get('runId')!r} has no checkpoint id")
@@ -207,7 +231,9 @@ def _parse_time(value: Any) -> datetime | None:
 
 def _created(doc: dict[str, Any]) -> datetime | None:
     metadata = _dict(doc.get("metadata"))
-    return _parse_time(metadata.get("createTime") or metadata.get("createdAt") or doc.get("createdAt"))
+    return _parse_time(
+        metadata.get("timeCreated") or metadata.get("createTime") or metadata.get("createdAt") or doc.get("createdAt")
+    )
 
 
 def _without_download_urls(value: Any) -> Any:
@@ -238,18 +264,26 @@ def _check_ref(ref: ModelRef, *, ckpt_required: bool = False) -> None:
 
 
 class _ViApi:
-    """The REST calls the adapters make, on one injected client."""
+    """The REST calls the adapters make, on one injected client, with the headers vi-sdk sends."""
 
     def __init__(self, client: httpx.Client, organization_id: str, sleep: Sleep) -> None:
         if not organization_id or "/" in organization_id:
             raise InputError("organization_id", f"{organization_id!r}", "the Vi organization id, with no '/'")
         self.client = client
         self.root = f"/workspaces/{quote(organization_id, safe='')}"
+        self._headers = {"Organization-Id": organization_id}
         self._sleep = sleep
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = send(
-            self.client, method, self.root + path, platform=PLATFORM, extract=vi_message, sleep=self._sleep, **kwargs
+            self.client,
+            method,
+            self.root + path,
+            platform=PLATFORM,
+            extract=vi_message,
+            sleep=self._sleep,
+            headers=self._headers,
+            **kwargs,
         )
         return _unwrap(response.json()) if response.content else {}
 
@@ -277,9 +311,12 @@ class _ViApi:
     def contents(self, run_id: str, ckpt: str) -> tuple[str, int | None]:
         """(signed download URL, size) of a checkpoint's weights."""
         body = self.call(
-            "GET", f"/runs/{quote(run_id, safe='')}/outputs/{quote(ckpt, safe='')}", params={"contents": "true"}
+            "GET",
+            f"/runs/{quote(run_id, safe='')}/outputs/{quote(ckpt, safe='')}",
+            params={"intent": "sdkLocalDeploy", "contents": "y"},
         )
-        contents = ((body.get("status") or {}).get("contents") or {}) if isinstance(body, dict) else {}
+        output = _single_output(body, f"{run_id}@{ckpt}")
+        contents = _dict(_dict(output.get("status")).get("contents"))
         url = (contents.get("downloadUrl") or {}).get("url")
         if not url:
             raise PlatformError(PLATFORM, f"checkpoint {run_id}@{ckpt} has no download URL")

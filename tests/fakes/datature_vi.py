@@ -1,9 +1,13 @@
 """A stateful fake of the Datature Vi API over real HTTP (stdlib ThreadingHTTPServer on 127.0.0.1).
 
-It speaks the shapes of PLATFORMS.md: runs, paginated outputs ({nextPage, prevPage, items} with
-``p``/``s``), signed download URLs that serve the weights and refuse any Authorization header,
-deployments (GET/PATCH/DELETE, list), live statistics, and DELETE of a run (then 404). Errors carry
-``{"error": "<ViError>", "message": "..."}``.
+It speaks the shapes of PLATFORMS.md and answers what vi-sdk 0.1.0b7 sends and decodes: every API
+call carries ``Authorization: Bearer`` and ``Organization-Id`` (``SecretKeyAuth.get_headers``);
+runs; paginated outputs ({nextPage, prevPage, items} with ``p``/``s``, ``intent=sdkLocalDeploy``);
+one checkpoint at ``.../outputs/{ckpt}?intent=sdkLocalDeploy&contents=y`` answered as a page whose
+last item is the checkpoint (``Model.get`` decodes ``Pagination[Model]`` and takes ``items[-1]``),
+booleans as ``y``/``n`` (the SDK's link builder); signed download URLs that serve the weights and
+refuse any Authorization header; deployments (GET/PATCH/DELETE, list), live statistics, and DELETE of
+a run (then 404). Errors carry ``{"error": "<ViError>", "message": "..."}``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 ORG = "org-test"
-KEY = "vi-secret-key-0123456789"
+KEY = "dtvi_" + "fake-secret-key-0123456789".ljust(98, "x")  # vi-sdk accepts only dtvi_ keys of 103 characters
 
 
 @dataclass
@@ -44,12 +48,20 @@ class FakeVi:
 
 
 def _output(run_id: str, ckpt: str, index: int) -> dict[str, Any]:
+    """One run output with every field vi-sdk's ``Model`` decodes (camelCase, times in milliseconds)."""
+    created = 1_735_689_600_000 + index * 86_400_000  # 2025-01-01 plus a day per checkpoint
     return {
         "kind": "RunOutput",
         "runId": run_id,
-        "metadata": {"createTime": f"2025-01-0{1 + index % 9}T00:00:00Z"},
-        "spec": {"epoch": index + 1, "evaluationMetrics": {"loss": 1.0 / (index + 1)}},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}], "storageObject": f"objects/{ckpt}"},
+        "runOutputId": ckpt,
+        "workspaceId": ORG,
+        "metadata": {"timeCreated": created, "lastUpdated": created, "generation": 1, "attributes": {}},
+        "spec": {"kind": "ModelSpec", "epoch": index + 1, "evaluationMetrics": {"loss": 1.0 / (index + 1)}},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "storageObject": f"objects/{ckpt}",
+        },
         "selfLink": f"/workspaces/{ORG}/runs/{run_id}/outputs/{ckpt}",
         "etag": f"etag-{ckpt}",
     }
@@ -81,14 +93,17 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in url.path.split("/") if p]
         with vi.lock:
             vi.requests.append((method, url.path))
-        if parts[:1] == ["signed"] and method == "GET":
-            self._download(parts, query)
+        if parts[:1] == ["signed"] and method in ("GET", "HEAD"):
+            self._download(parts, query, body=method == "GET")
             return
         if self.headers.get("Authorization") != f"Bearer {KEY}":
             self._error(401, "ViAuthenticationError", "Invalid secret key")
             return
         if parts[:2] != ["workspaces", ORG]:
             self._error(403, "ViAuthenticationError", "No access to this organization")
+            return
+        if self.headers.get("Organization-Id") != ORG:
+            self._error(403, "ViAuthenticationError", "Organization-Id header missing or not this organization")
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
@@ -118,22 +133,30 @@ class _Handler(BaseHTTPRequestHandler):
                 del vi.runs[run_id]
                 self._send(200, {"data": ""})
             elif len(parts) == 3 and parts[2] == "outputs" and method == "GET":
-                if query.get("intent") != "sdkLocalDeploy":
+                # vi-sdk's list sends its page parameters as httpx params, which replace the link's intent.
+                if query.get("intent", "sdkLocalDeploy") != "sdkLocalDeploy":
                     self._error(400, "ViValidationError", "intent must be sdkLocalDeploy")
                     return
                 self._page([_output(run_id, c, i) for i, c in enumerate(ckpts)], query)
             elif len(parts) == 4 and parts[2] == "outputs" and method == "GET":
                 ckpt = parts[3]
+                if query.get("intent", "sdkLocalDeploy") != "sdkLocalDeploy" or query.get("contents", "n") not in "yn":
+                    self._error(400, "ViValidationError", "intent must be sdkLocalDeploy and contents y or n")
+                    return
                 if ckpt not in ckpts:
                     self._error(404, "ViNotFoundError", f"Checkpoint {ckpt} not found")
                     return
                 doc = _output(run_id, ckpt, list(ckpts).index(ckpt))
-                if query.get("contents") == "true":
+                if query.get("contents") == "y":
                     token = secrets.token_hex(8)
                     vi.signed[token] = (run_id, ckpt)
                     url = f"{vi.base_url}/signed/{token}/{ckpt}.zip?X-Signature=sig{token}"
-                    doc["status"]["contents"] = {"downloadUrl": {"url": url}, "fileSize": len(ckpts[ckpt])}
-                self._send(200, doc)
+                    expires = 4_102_444_800  # the SDK's ModelDownloadUrl needs url and expiresAt
+                    doc["status"]["contents"] = {
+                        "downloadUrl": {"url": url, "expiresAt": expires},
+                        "fileSize": len(ckpts[ckpt]),
+                    }
+                self._send(200, {"items": [doc], "nextPage": None, "prevPage": None})
             else:
                 self._error(404, "ViNotFoundError", "No such route")
             return
@@ -163,7 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._error(404, "ViNotFoundError", "No such route")
 
-    def _download(self, parts: list[str], query: dict[str, str]) -> None:
+    def _download(self, parts: list[str], query: dict[str, str], *, body: bool = True) -> None:
+        """A signed URL: GET serves the weights; HEAD (vi-sdk asks it first for the size) their headers."""
         vi = self.server.vi
         if self.headers.get("Authorization"):
             self._error(400, "InvalidArgument", "Only one auth mechanism allowed")
@@ -177,10 +201,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if body:
+            self.wfile.write(data)
 
     def do_GET(self) -> None:
         self._handle("GET")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
 
     def do_PATCH(self) -> None:
         self._handle("PATCH")

@@ -414,7 +414,7 @@ def test_datature_vi_run_retired_through_the_flow(
     request = _request(f"{run_old}@c1", "datature-vi", replacement=f"{run_new}@n1")
     flow_state, state = retiring.run(request, typed=run_old)  # the delete takes the whole run
     retiring.assert_retired(flow_state, state)
-    headers = {"Authorization": f"Bearer {vi_fake.KEY}"}
+    headers = {"Authorization": f"Bearer {vi_fake.KEY}", "Organization-Id": vi_fake.ORG}
     with httpx.Client(base_url=vi_server.base_url, headers=headers) as http:
         assert http.get(f"/workspaces/{vi_fake.ORG}/runs/{run_old}").status_code == 404
         assert http.get(f"/workspaces/{vi_fake.ORG}/runs/{run_new}").is_success

@@ -191,11 +191,12 @@ def test_export_streams_every_checkpoint_without_credentials_and_keeps_signed_ur
     weights = {"c1": b"weights-one" * 100, "c2": b"weights-two"}
 
     def contents(request: httpx.Request) -> httpx.Response:
-        assert request.url.params["contents"] == "true"
+        # As vi-sdk 0.1.0b7 asks (booleans as y/n, the intent it always adds) and reads: a page, items[-1].
+        assert dict(request.url.params) == {"intent": "sdkLocalDeploy", "contents": "y"}
         ckpt = request.url.path.rsplit("/", 1)[1]
         url = f"https://storage.test/bucket/{ckpt}.zip?X-Goog-Signature=abc123"
         body = {**_output("run-a", ckpt), "status": {"contents": {"downloadUrl": {"url": url}, "fileSize": 11}}}
-        return httpx.Response(200, json=body)
+        return httpx.Response(200, json={"items": [body], "nextPage": None, "prevPage": None})
 
     def download(request: httpx.Request) -> httpx.Response:
         assert "authorization" not in request.headers
@@ -219,6 +220,19 @@ def test_export_streams_every_checkpoint_without_credentials_and_keeps_signed_ur
         assert b"".join(items[f"checkpoints/{ckpt}/{ckpt}.zip"].open()) == data
     metadata = b"".join(b"".join(items[p].open()) for p in ("metadata/outputs.json", "metadata/run.json"))
     assert b"Signature" not in metadata
+    api_calls = [r for r in app.requests if r.url.host == "vi.test" and r.url.path.startswith(ROOT)]
+    assert api_calls and all(r.headers.get("organization-id") == ORG for r in api_calls)
+    assert not any("organization-id" in r.headers for r in app.requests if r.url.host == "storage.test")
+
+
+def test_a_bare_output_object_is_read_as_well_as_a_page() -> None:
+    url = "https://storage.test/bucket/c1.zip?X-Goog-Signature=abc123"
+    body = {**_output("run-a", "c1"), "status": {"contents": {"downloadUrl": {"url": url}, "fileSize": 3}}}
+    routes = _routes([], ckpts=("c1",))
+    routes[("GET", f"{ROOT}/runs/run-a/outputs/c1")] = body
+    routes[("GET", "/bucket/c1.zip")] = lambda request: httpx.Response(200, stream=httpx.ByteStream(b"abc"))
+    items = {i.path: i for i in _registry(App(routes)).export(_ref("c1"))}
+    assert b"".join(items["checkpoints/c1/c1.zip"].open()) == b"abc"
 
 
 def test_soft_delete_is_refused_because_vi_has_none() -> None:

@@ -93,7 +93,9 @@ def test_retirement_of_a_run_over_http(fake_vi: FakeVi, monkeypatch: pytest.Monk
             "checkpoint run-old@c2",
             "checkpoint run-old@c3",
         ]
-        with httpx.Client(base_url=fake_vi.base_url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        with httpx.Client(
+            base_url=fake_vi.base_url, headers={"Authorization": f"Bearer {KEY}", "Organization-Id": ORG}
+        ) as http:
             assert http.get(f"/workspaces/{ORG}/runs/run-old").status_code == 404
         assert not registry.exists(_ref("run-old", "c2"))
         with pytest.raises(NotFoundError, match="Run run-old not found"):
