@@ -9,6 +9,7 @@ failing on a lock upgrade; PostgreSQL writers lock the rows they change (``SELEC
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -210,6 +211,7 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a migration is routine; its steps are not news
     if is_postgres(engine):
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
