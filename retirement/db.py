@@ -206,12 +206,12 @@ _MIGRATION_LOCK = 0x5245_5449  # "RETI": the advisory lock two workers take befo
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest version (Alembic), under a lock so concurrent starts do not race."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a migration is routine; its steps are not news
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # a migration is routine; its steps are not news
     if is_postgres(engine):
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
