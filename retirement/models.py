@@ -354,6 +354,12 @@ class Dossier(BaseModel):
     deployed_at: list[str] = Field(default_factory=list, description="Where the version serves traffic.")
     dependents: list[Dependent] = Field(default_factory=list, description="Who or what depends on it.")
     blockers: list[DeletionBlocker] = Field(default_factory=list, description="What forbids deleting it now.")
+    refusals: list[str] = Field(
+        default_factory=list,
+        description="Why this retirement can never finish as asked, each with its remedy (empty = it can). "
+        "`retire plan` shows them and exits non-zero, `retire start` refuses, and the document phase halts on them "
+        "before the plan gate: nothing is done.",
+    )
     known_issues: list[str] = Field(default_factory=list, description="Known issues and limitations.")
     capabilities: Capabilities | None = Field(default=None, description="What the platform allows.")
     plan: list[PlanStep] = Field(default_factory=list, description="Every action to come, in order.")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import re
 import time
 import zoneinfo
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from retirement.bootstrap import Services
 from retirement.errors import (
     ApprovalError,
     BackupVerifyError,
+    ConflictError,
     DeletePendingError,
     DeletionBlockedError,
     InputError,
@@ -243,7 +245,13 @@ def halt(
 
 
 def build_dossier(svc: Services, request: RetirementRequest) -> Dossier:
-    """The dossier and plan for ``request``, with no side effect (what `retire plan` prints)."""
+    """The dossier and plan for ``request``, with no side effect (what `retire plan` prints).
+
+    Its ``refusals`` name everything that would keep this retirement from ever finishing, each with its
+    remedy, found by reading only: a platform rule the protocol cannot lift, a dependent it does not
+    move (or one only a cutover moves when nothing replaces the model), what the serving target says it
+    would stop at (``Serving.preflight``), and a traffic source that cannot observe the reference.
+    """
     registry, ref = svc.platform.registry, request.ref
     dossier = registry.describe(ref)
     replacement = request.replacement_ref
@@ -255,35 +263,135 @@ def build_dossier(svc: Services, request: RetirementRequest) -> Dossier:
     dossier.blockers = registry.deletion_blockers(ref)
     dossier.capabilities = registry.capabilities
     serving = svc.platform.serving
+    rules = _rule_refusals(dossier, replacement)
+    dossier.refusals = rules + _dependent_refusals(dossier, replacement, rules)
     if serving is not None and request.serving != "manual":
-        current = serving.production(ref.model)
-        if current is not None:
-            dossier.deployed_at.append(f"production ({serving.name}): {current}")
-    if not svc.traffic:
-        dossier.known_issues.append(
-            f"No traffic source observes {ref.platform}: the retirement will stop at verify-idle "
-            "unless `traffic_sources` names one."
-        )
-    for blocker in dossier.blockers:
-        if not blocker.cleared_by_protocol:
-            dossier.known_issues.append(f"Deletion blocked until resolved: {blocker.message} {blocker.remedy}".strip())
+        try:
+            current = serving.production(ref.model)
+        except ConflictError as exc:  # e.g. several deployments and none named production: the cutover would stop
+            dossier.refusals.append(str(exc))
+        else:
+            if current is not None:
+                dossier.deployed_at.append(f"production ({serving.name}): {current}")
+        dossier.refusals += serving.preflight(request)
+    dossier.refusals += _traffic_refusals(svc, ref)
     dossier.plan = make_plan(svc, request)
     return dossier
 
 
+def _rule_refusals(dossier: Dossier, replacement: ModelRef | None) -> list[str]:
+    """The platform's rules that stand for good: those no phase lifts, and those only a cutover lifts
+    when nothing replaces the model."""
+    found = []
+    for blocker in dossier.blockers:
+        remedy = blocker.remedy or "none this retirement can apply"
+        if not blocker.cleared_by_protocol:
+            found.append(f"{blocker.message} (platform rule `{blocker.code}`); remedy: {remedy}")
+        elif replacement is None:
+            found.append(
+                f"{blocker.message} (platform rule `{blocker.code}`): only a cutover to a replacement lifts it, and "
+                "this retirement names none; remedy: name a replacement (its cutover lifts it), or lift it yourself "
+                "and plan again"
+            )
+    return found
+
+
+def _names(text: str, name: str) -> bool:
+    """True when ``name`` stands in ``text`` as a whole word (ids, aliases, project names)."""
+    return re.search(rf"(?<![\w.:/-]){re.escape(name)}(?![\w.:/-])", text) is not None
+
+
+def _dependent_refusals(dossier: Dossier, replacement: ModelRef | None, said: list[str]) -> list[str]:
+    """Invariant 4 at plan time: every dependent blocks the delete unless this retirement's cutover moves it.
+
+    A dependent a refusal in ``said`` already names (the platform's own rule about it) is not repeated.
+    """
+    ref = dossier.reference
+    found = []
+    for dep in dossier.dependents:
+        if dep.movable and replacement is not None:
+            continue  # the staging or cutover step moves it; re-checked gone before the delete
+        if any(_names(text, dep.name) for text in said):
+            continue  # the platform's own rule already names it, with its remedy
+        what = f"{dep.kind} {dep.name} depends on {ref}" + (f" ({dep.detail})" if dep.detail else "")
+        if dep.movable:
+            found.append(
+                f"{what}: only a cutover moves it, and nothing replaces {ref}; remedy: name a replacement, "
+                "or move it off first"
+            )
+        else:
+            found.append(
+                f"{what}: this retirement does not move it, and nothing is deleted while a dependent stands; "
+                f"remedy: move it off {ref} or remove it, then plan again"
+            )
+    return found
+
+
+# How far back the plan asks each traffic source about the reference: a window long past, so a source
+# that records what it sees as it is asked (Vi's statistics snapshots) records nothing.
+_PROBE_AGO = timedelta(days=1)
+
+
+def _traffic_refusals(svc: Services, ref: ModelRef) -> list[str]:
+    """Sources that can never say IDLE for ``ref``: none configured, or one that answers ERROR about it."""
+    if not svc.traffic:
+        return [
+            f"no traffic source observes {ref.platform}: verify-idle could never see zero requests to {ref}; "
+            "remedy: name one in `traffic_sources` (e.g. prometheus)"
+        ]
+    end = utcnow() - _PROBE_AGO
+    report = observe(svc.traffic, ref, end - timedelta(minutes=1), end)
+    return [
+        f"traffic source {sample.source} cannot observe {ref}: {sample.detail}; remedy: fix the source, or name "
+        "sources that can in `traffic_sources`"
+        for sample in report.samples
+        if sample.verdict is TrafficVerdict.ERROR
+    ]
+
+
+def _standing(svc: Services, ref: ModelRef) -> list[str]:
+    """Invariant 4, asked of the platform now: every dependent still there, then every rule that still forbids."""
+    registry = svc.platform.registry
+    dependents = registry.dependents(ref)
+    found = [
+        f"{dep.kind} {dep.name} still depends on {ref}" + (f" ({dep.detail})" if dep.detail else "")
+        for dep in dependents
+    ]
+    found += [
+        f"blocked: {blocker.message}"
+        for blocker in registry.deletion_blockers(ref)
+        if not any(_names(blocker.message, dep.name) for dep in dependents)
+    ]
+    return found
+
+
 def document(svc: Services, state: RetirementState) -> Dossier:
-    """Phase 1: the dossier of the old model and the plan of every action to come (kept for later phases)."""
-    if state.dossier is not None:
-        return state.dossier
-    dossier = build_dossier(svc, state.request)
-    state.dossier = dossier
-    commit(
-        svc,
-        state,
-        "outcome",
-        "document",
-        detail={"dependents": len(dossier.dependents), "blockers": [b.code for b in dossier.blockers]},
-    )
+    """Phase 1: the dossier of the old model and the plan of every action to come (kept for later phases).
+
+    Raises:
+        SafetyError: the plan has refusals (the retirement could never finish); nothing was done, and the
+            dossier that says why is kept.
+    """
+    dossier = state.dossier
+    if dossier is None:
+        dossier = build_dossier(svc, state.request)
+        state.dossier = dossier
+        commit(
+            svc,
+            state,
+            "outcome",
+            "document",
+            detail={
+                "dependents": len(dossier.dependents),
+                "blockers": [b.code for b in dossier.blockers],
+                "refusals": dossier.refusals,
+            },
+        )
+    if dossier.refusals:
+        raise SafetyError(
+            f"the plan is refused, nothing was done ({len(dossier.refusals)} reason(s)): "
+            + " | ".join(dossier.refusals)
+        )
     return dossier
 
 
@@ -649,9 +757,9 @@ def verify_idle(
     )
     if report.verdict is not TrafficVerdict.IDLE:
         raise SafetyError(f"traffic verdict over the window is {report.verdict.value}: {report.reason}")
-    standing = svc.platform.registry.deletion_blockers(state.ref)
+    standing = _standing(svc, state.ref)  # invariant 4: the dependents re-scanned, not the adapter's word
     if standing:
-        raise SafetyError("still depended on: " + "; ".join(b.message for b in standing))
+        raise SafetyError("still depended on: " + "; ".join(standing))
     return report
 
 
@@ -977,8 +1085,7 @@ def deletion_checks(svc: Services, state: RetirementState, now: datetime) -> lis
             failures.append(
                 f"traffic since {state.window_start.isoformat()} is {report.verdict.value}: {report.reason}"
             )
-    blockers = svc.platform.registry.deletion_blockers(state.ref)
-    failures.extend(f"blocked: {b.message}" for b in blockers)
+    failures.extend(_standing(svc, state.ref))  # invariant 4: no dependent left, re-scanned right before the delete
     svc.states.save(state)
     return failures
 

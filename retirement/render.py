@@ -16,6 +16,15 @@ def dossier_markdown(dossier: Dossier, request: RetirementRequest) -> str:
         f"**Replacement:** {request.replacement or 'none'}",
         "",
     ]
+    if dossier.refusals:
+        lines += [
+            "## Refused: this retirement could never finish as asked",
+            "",
+            "Nothing was done. Each reason says its remedy; plan again once they are resolved.",
+            "",
+        ]
+        lines += [f"{n}. {reason}" for n, reason in enumerate(dossier.refusals, 1)]
+        lines.append("")
     if dossier.description:
         lines += [dossier.description, ""]
     lines += ["## Versions", "", "| version | stage | aliases | created | active |", "|---|---|---|---|---|"]
@@ -26,14 +35,26 @@ def dossier_markdown(dossier: Dossier, request: RetirementRequest) -> str:
         lines += ["", "## Metrics", ""] + [f"- {k}: {v}" for k, v in dossier.metrics.items()]
     lines += ["", "## Where it serves", ""] + ([f"- {d}" for d in dossier.deployed_at] or ["- nowhere found"])
     lines += ["", "## Dependents", ""]
-    lines += [f"- {d.kind} **{d.name}** {d.detail}".rstrip() for d in dossier.dependents] or ["- none found"]
+    lines += [
+        f"- {d.kind} **{d.name}** {d.detail}".rstrip()
+        + (" (moved by the staging or cutover step)" if d.movable and request.replacement else "")
+        for d in dossier.dependents
+    ] or ["- none found"]
     lines += ["", "## Deletion blockers", ""]
     lines += [
         f"- `{b.code}`: {b.message}"
         + (f" - {b.remedy}" if b.remedy else "")
-        + (" (lifted by this protocol)" if b.cleared_by_protocol else "")
+        + (
+            (" (lifted by this protocol)" if request.replacement else " (only a cutover lifts it, and none is planned)")
+            if b.cleared_by_protocol
+            else ""
+        )
         for b in dossier.blockers
-    ] or ["- none"]
+    ] or (
+        ["- none of the platform's own rules; every dependent above blocks the delete until it is gone"]
+        if dossier.dependents
+        else ["- none"]
+    )
     if caps is not None:
         lines += ["", "## What the backup can and cannot capture", ""]
         lines += [f"- captures: {', '.join(caps.exports) or 'metadata only'}"]

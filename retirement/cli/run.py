@@ -173,6 +173,11 @@ def _plan(args: argparse.Namespace) -> int:
     finally:
         reading.close()
     print(dossier.model_dump_json(indent=2) if args.json else dossier_markdown(dossier, request))
+    if dossier.refusals:  # a plan that can never finish is refused: `retire start` would refuse it too
+        print(f"retire plan: refused ({len(dossier.refusals)} reason(s)):", file=sys.stderr)
+        for reason in dossier.refusals:
+            print(f"- {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -184,8 +189,8 @@ def _start(args: argparse.Namespace) -> int:
 
     request = _request(args)
     # Everything the run would refuse at once is refused here, before it opens the retirement (a ledger line,
-    # a state, the model's claim): the limits, the traffic sources, the platform's rules for references, and
-    # versions that do not exist.
+    # a state, the model's claim): the limits, the traffic sources, the platform's rules for references,
+    # versions that do not exist, and the plan's refusals (what would keep it from ever finishing).
     reading = _Reading(request)
     try:
         protocol.check_limits(request, reading.services)
@@ -193,8 +198,14 @@ def _start(args: argparse.Namespace) -> int:
         for field, ref in (("model", request.ref), ("replacement", request.replacement_ref)):
             if ref is not None and not registry.exists(ref):
                 raise InputError(field, f"{ref} does not exist on {ref.platform}", "an existing version")
+        refusals = protocol.build_dossier(reading.services, request).refusals
     finally:
         reading.close()
+    if refusals:
+        raise SafetyError(
+            f"refused, nothing was started ({len(refusals)} reason(s); `retire plan` shows the dossier):\n"
+            + "\n".join(f"- {reason}" for reason in refusals)
+        )
     use_server(RetireSettings())
     run: FlowRun = run_deployment(  # type: ignore[assignment]
         DEPLOYMENT, parameters={"request": request.model_dump(mode="json")}, timeout=0, as_subflow=False

@@ -241,8 +241,18 @@ class BailoRegistry:
         if not uses.inference_known:
             known_issues.append("inferencing is not enabled on this Bailo instance: no inference services to check")
         if uses.images:
+            tags = [f"{i.get('repository')}/{i.get('name')}:{t}" for i in uses.images for t in i.get("tags") or []]
             known_issues.append(
-                f"{sum(len(i.get('tags') or []) for i in uses.images)} Docker image tag(s) cannot be backed up"
+                f"{len(tags)} Docker image tag(s) are deleted with the model and cannot be backed up: {', '.join(tags)}"
+            )
+        if uses.webhooks:
+            names = ", ".join(str(w.get("name") or w.get("id")) for w in uses.webhooks)
+            known_issues.append(f"webhooks deleted with the model (their secrets are not backed up): {names}")
+        ended = [r for r in uses.access_requests if not _access_request_open(r, utcnow())]
+        if ended:
+            known_issues.append(
+                "ended access requests, kept in the backup and deleted with the model: "
+                + ", ".join(_access_request_name(r) for r in ended)
             )
         return Dossier(
             reference=ref,
@@ -272,7 +282,11 @@ class BailoRegistry:
         )
 
     def dependents(self, ref: ModelRef) -> list[Dependent]:
-        """Inference services, access requests, webhooks and Docker images of the model."""
+        """Who still uses the model: its live inference services and its open access requests.
+
+        Its webhooks, Docker images and ended access requests are part of the model (the delete removes
+        them with it): the dossier lists them as what the delete takes, not as dependents.
+        """
         model_id = self._model_id(ref)
         self._model(model_id)
         return _dependents(self._uses(model_id))
@@ -477,6 +491,7 @@ def _access_request_open(request: dict[str, Any], now: datetime) -> bool:
 
 
 def _dependents(uses: _Uses) -> list[Dependent]:
+    """Live inference services and open access requests: none of them is moved by a retirement."""
     now = utcnow()
     found = [
         Dependent(
@@ -487,29 +502,17 @@ def _dependents(uses: _Uses) -> list[Dependent]:
         for i in uses.inferences
     ]
     for request in uses.access_requests:
+        if not _access_request_open(request, now):
+            continue
         overview = (request.get("metadata") or {}).get("overview") or {}
-        state = "open" if _access_request_open(request, now) else "ended"
         entities = ", ".join(overview.get("entities", []))
         found.append(
             Dependent(
                 kind="consumer",
                 name=str(request.get("id")),
-                detail=f"{state} access request {overview.get('name', '')!r} for {entities}",
+                detail=f"open access request {overview.get('name', '')!r} for {entities}",
             )
         )
-    found += [
-        Dependent(kind="webhook", name=str(w.get("name") or w.get("id")), detail="webhook, deleted with the model")
-        for w in uses.webhooks
-    ]
-    found += [
-        Dependent(
-            kind="other",
-            name=f"{image.get('repository')}/{image.get('name')}:{tag}",
-            detail="Docker image, deleted with the model and not exportable",
-        )
-        for image in uses.images
-        for tag in image.get("tags") or []
-    ]
     return found
 
 

@@ -15,6 +15,7 @@ from retirement.models import (
     Dossier,
     ExportItem,
     ModelRef,
+    RetirementRequest,
     SmokeResult,
 )
 
@@ -91,6 +92,18 @@ class Serving(Protocol):
 
     name: str
 
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        """What would stop this retirement's staging or cutover on this target, found by reading only.
+
+        Asked when the plan is made, before anything is done: a setting the run will need and does not
+        have, a staging or production target that serves another model than the request names, a
+        replacement this target cannot serve in the old model's place.
+
+        Returns:
+            One sentence per problem, each naming its remedy; empty when nothing stands in the way.
+        """
+        ...
+
     def deploy_staging(self, ref: ModelRef) -> None:
         """Make ``ref`` the staging target of its model."""
         ...
@@ -112,6 +125,18 @@ class Serving(Protocol):
                 move (Selise moves the agents of ``replacing``); versioned registries ignore it.
         """
         ...
+
+
+def same_model_refusals(request: RetirementRequest, why: str) -> list[str]:
+    """Where staging and production are aliases of one model: a replacement of another model never takes over."""
+    old, new = request.ref, request.replacement_ref
+    if new is None or new.name == old.name:
+        return []
+    return [
+        f"{new} cannot take over production of {old}: {why}, so the cutover would move {new.name}'s production "
+        f"alias and leave {old.name}'s on {old}; remedy: name a version of {old.name} as the replacement, or retire "
+        f"{old} with no replacement once its clients call {new.name}"
+    ]
 
 
 @dataclass

@@ -55,6 +55,7 @@ from retirement.models import (
     Dossier,
     ExportItem,
     ModelRef,
+    RetirementRequest,
     SmokeResult,
     TrafficSample,
     TrafficVerdict,
@@ -604,6 +605,49 @@ class DatatureViServing:
         self.production_deployment = production_deployment
         self.staging_deployment = staging_deployment
 
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        """With a replacement: both deployments configured, existing, and serving the old run or the replacement.
+
+        A deployment serving any other run belongs to another model: staging or cutting over there would
+        take it from that model. A production deployment serving another checkpoint of the run being
+        retired is never switched (the cutover switches only a deployment serving the reference), and
+        the delete would take that checkpoint from under it.
+        """
+        old, new = request.ref, request.replacement_ref
+        if new is None:
+            return []
+        problems = []
+        if new.version is None:
+            problems.append(f"replacement {new} names no checkpoint; remedy: name it as 'run_id@ckpt'")
+        for role, dep_id, variable in (
+            ("production", self.production_deployment, "RETIRE_DATATURE_VI_PRODUCTION_DEPLOYMENT"),
+            ("staging", self.staging_deployment, "RETIRE_DATATURE_VI_STAGING_DEPLOYMENT"),
+        ):
+            if not dep_id:
+                problems.append(
+                    f"{variable} is not set: the {role} step needs the Vi deployment it points at {new}; "
+                    f"remedy: set it to the id of the {role} deployment"
+                )
+                continue
+            try:
+                run, ckpt = deployment_target(self._api.deployment(dep_id))
+            except NotFoundError:
+                problems.append(f"{role} deployment {dep_id} ({variable}) does not exist on Vi; remedy: set {variable}")
+                continue
+            served = f"{run}@{ckpt}" if ckpt else str(run)
+            if run not in (old.name, new.name):
+                problems.append(
+                    f"{role} deployment {dep_id} serves {served}, another model than {old} or {new}: the {role} step "
+                    f"would take it from that model; remedy: set {variable} to the {role} deployment of {old.name}"
+                )
+            elif role == "production" and run == old.name and old.version is not None and ckpt != old.version:
+                problems.append(
+                    f"production deployment {dep_id} serves {served}, another checkpoint of run {old.name}: the "
+                    f"cutover switches only a deployment serving {old}, and deleting run {old.name} would take "
+                    f"{served} from under it; remedy: retire {served} (the checkpoint it serves) instead"
+                )
+        return problems
+
     def _need(self, dep_id: str | None, variable: str) -> str:
         if not dep_id:
             raise ConfigError(f"{variable} is not set (allowed: the id of a Vi deployment)")
@@ -656,9 +700,14 @@ class DatatureViServing:
         )
 
     def production(self, model: ModelRef) -> ModelRef | None:
-        """What the production deployment serves (a Vi deployment names its run, whatever ``model`` is)."""
-        dep_id = self._need(self.production_deployment, "RETIRE_DATATURE_VI_PRODUCTION_DEPLOYMENT")
-        run, ckpt = deployment_target(self._api.deployment(dep_id))
+        """What the production deployment serves (a Vi deployment names its run, whatever ``model`` is).
+
+        None when RETIRE_DATATURE_VI_PRODUCTION_DEPLOYMENT is not set: no deployment is known as production
+        (a retirement with a replacement is refused at plan time without it, see ``preflight``).
+        """
+        if not self.production_deployment:
+            return None
+        run, ckpt = deployment_target(self._api.deployment(self.production_deployment))
         return None if run is None else ModelRef(platform=PLATFORM, name=run, version=ckpt)
 
     def switch(self, to: ModelRef, *, replacing: ModelRef | None = None) -> ModelRef | None:

@@ -49,10 +49,11 @@ from retirement.models import (
     Dossier,
     ExportItem,
     ModelRef,
+    RetirementRequest,
     SmokeResult,
     VersionInfo,
 )
-from retirement.platforms.base import Platform
+from retirement.platforms.base import Platform, same_model_refusals
 from retirement.settings import RetireSettings
 
 logger = logging.getLogger(__name__)
@@ -1301,6 +1302,10 @@ class LocalServing:
         """Close the HTTP client if this object owns it."""
         if self._close_client:
             self.client.close()
+
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        """The gateway routes a model by its own aliases: the replacement must be a version of the same model."""
+        return same_model_refusals(request, "the local gateway routes each model by its own aliases")
 
     def deploy_staging(self, ref: ModelRef) -> None:
         """Point the ``staging`` alias at ``ref``."""

@@ -31,10 +31,11 @@ from retirement.models import (
     Dossier,
     ExportItem,
     ModelRef,
+    RetirementRequest,
     SmokeResult,
     VersionInfo,
 )
-from retirement.platforms.base import Platform
+from retirement.platforms.base import Platform, same_model_refusals
 from retirement.platforms.http import paginate, send
 from retirement.redact import redact, remember
 from retirement.settings import RetireSettings
@@ -541,6 +542,10 @@ class MlflowServing:
         self._api = _MlflowApi(client, sleep)
         self.production_alias = production_alias
         self.staging_alias = staging_alias
+
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        """Staging and production are aliases of one registered model: the replacement must be a version of it."""
+        return same_model_refusals(request, "MLflow aliases belong to one registered model")
 
     def deploy_staging(self, ref: ModelRef) -> None:
         """Point the staging alias at ``ref``."""

@@ -7,8 +7,10 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -163,14 +165,14 @@ class _OpenAIBase:
             self.client, "GET", url, platform=PLATFORM, extract=openai_error_message, sleep=self._sleep, **kwargs
         ).json()
 
-    def _list(self, url: str, limit: int = 100) -> Iterator[dict[str, Any]]:
+    def _list(self, url: str, limit: int = 100, headers: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         """Every item of a cursor list (``after`` = id of the last item, while ``has_more``)."""
 
         def fetch(after: str | None) -> tuple[list[Any], str | None]:
             params: dict[str, Any] = {"limit": limit}
             if after:
                 params["after"] = after
-            page = self._get(url, params=params)
+            page = self._get(url, params=params, headers=headers)
             data = list(page.get("data") or [])
             if not page.get("has_more"):
                 return data, None
@@ -185,12 +187,33 @@ class _OpenAIBase:
         self.client.close()
 
 
+@dataclass
+class _Lineage:
+    """What OpenAI knows around one model: the model, every job of the organisation, the job that made it."""
+
+    model: dict[str, Any]
+    jobs: list[dict[str, Any]]
+    job: dict[str, Any] | None
+    checkpoints: list[dict[str, Any]]
+
+    @property
+    def checkpoint_models(self) -> list[str]:
+        """The model ids of its checkpoints (``ft:...:ckpt-step-N``), each usable and shareable on its own."""
+        return [str(c["fine_tuned_model_checkpoint"]) for c in self.checkpoints if c.get("fine_tuned_model_checkpoint")]
+
+
 class OpenAIRegistry(_OpenAIBase):
     """Fine-tuned models of one OpenAI organisation: lineage, dependents, backup of what can be let out, delete.
+
+    Dependents of a fine-tuned model are the fine-tunes made from it or from one of its checkpoints (a job
+    still training, or the model a finished job produced while that model exists) and the projects it or
+    a checkpoint is shared with through checkpoint permissions (``GET /fine_tuning/checkpoints/{id}/
+    permissions``, which needs an admin key: without one the shares are unknown, and that blocks).
 
     Args:
         client: an httpx.Client with the API key and base URL (``build`` makes it).
         org_id: the organisation the key belongs to, compared with a model's ``owned_by``.
+        admin_key: an admin key of the organisation, sent only to list checkpoint permissions.
         sleep: how to wait between retries and polls (tests inject a no-op).
         poll_attempts: how many times ``delete`` asks whether the model is gone before giving up.
     """
@@ -203,11 +226,13 @@ class OpenAIRegistry(_OpenAIBase):
         client: httpx.Client,
         *,
         org_id: str | None = None,
+        admin_key: SecretStr | None = None,
         sleep: Callable[[float], None] = time.sleep,
         poll_attempts: int = 10,
     ) -> None:
         super().__init__(client, sleep=sleep)
         self.org_id = org_id
+        self._admin_key = admin_key if admin_key is not None and admin_key.get_secret_value() else None
         self.poll_attempts = poll_attempts
 
     # -- facts -----------------------------------------------------------------------------
@@ -228,58 +253,133 @@ class OpenAIRegistry(_OpenAIBase):
             raise PlatformError(PLATFORM, f"unexpected fine-tuning job id {job_id!r}")
         return list(self._list(f"fine_tuning/jobs/{job_id}/checkpoints"))
 
-    @staticmethod
-    def _children(mid: str, jobs: list[dict[str, Any]]) -> list[Dependent]:
-        return [
-            Dependent(
-                kind="fine_tune_child",
-                name=str(job.get("id")),
-                detail=f"fine-tuning job on top of this model, status {job.get('status')}"
-                + (f", produced {job['fine_tuned_model']}" if job.get("fine_tuned_model") else ""),
-            )
-            for job in jobs
-            if job.get("model") == mid
-        ]
+    def _lineage(self, mid: str) -> _Lineage:
+        model = self._model(mid)
+        jobs = self._jobs()
+        job = self._producing_job(mid, jobs)
+        checkpoints = self._checkpoints(str(job["id"])) if job else []
+        return _Lineage(model=model, jobs=jobs, job=job, checkpoints=checkpoints)
 
-    def _blockers(self, mid: str, model: dict[str, Any], jobs: list[dict[str, Any]]) -> list[DeletionBlocker]:
-        blockers: list[DeletionBlocker] = []
+    def _children(self, mid: str, lineage: _Lineage) -> list[Dependent]:
+        """Fine-tunes made from the model or one of its checkpoints: jobs still training, models that still exist."""
+        parents = {mid, *lineage.checkpoint_models}
+        found = []
+        for job in lineage.jobs:
+            base = job.get("model")
+            if base not in parents:
+                continue
+            status = str(job.get("status"))
+            child = job.get("fine_tuned_model")
+            if status not in _FINISHED_JOB_STATES:
+                found.append(
+                    Dependent(
+                        kind="fine_tune_child",
+                        name=str(job.get("id")),
+                        detail=f"fine-tuning job training on top of {base}, status {status}",
+                    )
+                )
+            elif child and _MODEL_ID_RE.match(str(child)) and self._exists(str(child)):
+                found.append(
+                    Dependent(
+                        kind="fine_tune_child",
+                        name=str(child),
+                        detail=f"fine-tuned from {base} by job {job.get('id')}",
+                    )
+                )
+        return found
+
+    def _shares(self, mid: str, lineage: _Lineage) -> list[Dependent] | None:
+        """The projects the model or one of its checkpoints is shared with; None when no admin key can say."""
+        if self._admin_key is None:
+            return None
+        headers = {"Authorization": f"Bearer {self._admin_key.get_secret_value()}"}
+        found = []
+        for checkpoint in (mid, *lineage.checkpoint_models):
+            url = f"fine_tuning/checkpoints/{quote(checkpoint, safe=':')}/permissions"
+            try:
+                permissions = list(self._list(url, headers=headers))
+            except NotFoundError as exc:
+                raise PlatformError(PLATFORM, f"the permissions of {checkpoint} could not be read: {exc}") from exc
+            found += [
+                Dependent(
+                    kind="consumer",
+                    name=str(p.get("project_id")),
+                    detail=f"project {p.get('project_id')} may use {checkpoint} (checkpoint permission {p.get('id')})",
+                )
+                for p in permissions
+            ]
+        return found
+
+    def _owned(self, mid: str, lineage: _Lineage) -> tuple[bool, str]:
+        owner = lineage.model.get("owned_by")
+        if self.org_id:
+            owned = owner == self.org_id or (
+                lineage.job is not None and lineage.job.get("organization_id") == self.org_id
+            )
+            return owned, f"it is owned by {owner!r}, not by this key's organisation {self.org_id!r} (OPENAI_ORG_ID)"
+        return lineage.job is not None, (
+            f"it is owned by {owner!r} and no fine-tuning job of this key's organisation produced it; "
+            "set OPENAI_ORG_ID to confirm ownership"
+        )
+
+    def _dependents(self, mid: str, lineage: _Lineage) -> list[Dependent]:
+        if not mid.startswith("ft:") or not self._owned(mid, lineage)[0]:
+            return []  # a base model or another organisation's: refused by its rule, nothing here to look into
+        return self._children(mid, lineage) + (self._shares(mid, lineage) or [])
+
+    def _blockers(self, mid: str, lineage: _Lineage, dependents: list[Dependent]) -> list[DeletionBlocker]:
         if not mid.startswith("ft:"):
-            blockers.append(
+            return [
                 DeletionBlocker(
                     code="base_model",
-                    message=f"{mid} is a base model (owned by {model.get('owned_by')!r}); only fine-tuned models "
-                    "(ids starting with 'ft:') can be deleted",
+                    message=f"{mid} is a base model (owned by {lineage.model.get('owned_by')!r}); only fine-tuned "
+                    "models (ids starting with 'ft:') can be deleted",
                     remedy="none: base models belong to OpenAI",
                 )
-            )
-            return blockers
-        owner = model.get("owned_by")
-        job = self._producing_job(mid, jobs)
-        if self.org_id:
-            owned = owner == self.org_id or (job is not None and job.get("organization_id") == self.org_id)
-            why = f"it is owned by {owner!r}, not by this key's organisation {self.org_id!r} (OPENAI_ORG_ID)"
-        else:
-            owned = job is not None
-            why = (
-                f"it is owned by {owner!r} and no fine-tuning job of this key's organisation produced it; "
-                "set OPENAI_ORG_ID to confirm ownership"
-            )
+            ]
+        owned, why = self._owned(mid, lineage)
         if not owned:
-            blockers.append(
+            return [
                 DeletionBlocker(
                     code="not_owner",
                     message=f"{mid} does not belong to this organisation: {why}",
                     remedy="use an API key of the owning organisation",
                 )
-            )
-        running = [j for j in jobs if j.get("model") == mid and str(j.get("status")) not in _FINISHED_JOB_STATES]
-        for child in running:
+            ]
+        blockers: list[DeletionBlocker] = []
+        for dep in dependents:
+            if dep.kind == "fine_tune_child" and dep.name.startswith("ftjob-"):
+                blockers.append(
+                    DeletionBlocker(
+                        code="fine_tune_in_progress",
+                        message=f"fine-tuning job {dep.name} is training on top of {mid} ({dep.detail})",
+                        remedy="wait for the job to finish or cancel it",
+                    )
+                )
+            elif dep.kind == "fine_tune_child":
+                blockers.append(
+                    DeletionBlocker(
+                        code="fine_tune_parent",
+                        message=f"{dep.name} was {dep.detail}: it is a child of {mid}",
+                        remedy=f"retire {dep.name} first",
+                    )
+                )
+            else:
+                blockers.append(
+                    DeletionBlocker(
+                        code="shared",
+                        message=f"{mid} is shared: {dep.detail}",
+                        remedy=f"once project {dep.name} no longer uses it, delete that checkpoint permission "
+                        "(DELETE /v1/fine_tuning/checkpoints/{checkpoint}/permissions/{permission_id}, admin key)",
+                    )
+                )
+        if self._admin_key is None:
             blockers.append(
                 DeletionBlocker(
-                    code="fine_tune_in_progress",
-                    message=f"fine-tuning job {child.get('id')} is training on top of {mid} "
-                    f"(status {child.get('status')})",
-                    remedy="wait for the job to finish or cancel it",
+                    code="shares_unknown",
+                    message=f"the projects {mid} is shared with (checkpoint permissions) cannot be read: listing "
+                    "them needs an admin key",
+                    remedy="set OPENAI_ADMIN_KEY to an admin key of the organisation",
                 )
             )
         return blockers
@@ -293,10 +393,8 @@ class OpenAIRegistry(_OpenAIBase):
             NotFoundError: the model does not exist (or this key cannot see it).
         """
         mid = model_id(ref)
-        model = self._model(mid)
-        jobs = self._jobs()
-        job = self._producing_job(mid, jobs)
-        checkpoints = self._checkpoints(str(job["id"])) if job else []
+        lineage = self._lineage(mid)
+        model, job, checkpoints = lineage.model, lineage.job, lineage.checkpoints
         metrics: dict[str, Any] = {}
         if checkpoints:
             last = max(checkpoints, key=lambda c: int(c.get("step_number") or 0))
@@ -312,6 +410,7 @@ class OpenAIRegistry(_OpenAIBase):
             known.append(f"OpenAI has scheduled this model's shutdown for {model['shutdown_date']}.")
         if mid.startswith("ft:") and job is None:
             known.append("No fine-tuning job of this organisation produced this model: its lineage is unknown.")
+        dependents = self._dependents(mid, lineage)
         return Dossier(
             reference=ref,
             description=f"OpenAI model {mid}" + (f", fine-tuned from {job.get('model')}" if job else ""),
@@ -325,25 +424,31 @@ class OpenAIRegistry(_OpenAIBase):
             metrics=metrics,
             metadata=redact({"model": model, "fine_tuning_job": job, "checkpoints": checkpoints}),
             deployed_at=[f"OpenAI API: any client of the organisation can call model={mid!r}"],
-            dependents=self._children(mid, jobs),
-            blockers=self._blockers(mid, model, jobs),
+            dependents=dependents,
+            blockers=self._blockers(mid, lineage, dependents),
             known_issues=known,
             capabilities=self.capabilities,
         )
 
     def dependents(self, ref: ModelRef) -> list[Dependent]:
-        """Fine-tuning jobs whose base model is this fine-tune."""
-        return self._children(model_id(ref), self._jobs())
-
-    def deletion_blockers(self, ref: ModelRef) -> list[DeletionBlocker]:
-        """Base model, not owned by this organisation, a fine-tune still training on top of it.
+        """Fine-tunes made from it or its checkpoints (training, or their model still exists), and the projects
+        it or a checkpoint is shared with.
 
         Raises:
             NotFoundError: the model does not exist.
         """
         mid = model_id(ref)
-        model = self._model(mid)
-        return self._blockers(mid, model, self._jobs())
+        return self._dependents(mid, self._lineage(mid))
+
+    def deletion_blockers(self, ref: ModelRef) -> list[DeletionBlocker]:
+        """Base model, not owned by this organisation, a child fine-tune (training or made), a share, shares unknown.
+
+        Raises:
+            NotFoundError: the model does not exist.
+        """
+        mid = model_id(ref)
+        lineage = self._lineage(mid)
+        return self._blockers(mid, lineage, self._dependents(mid, lineage))
 
     def export(self, ref: ModelRef) -> list[ExportItem]:
         """Model, job and checkpoints as JSON, plus the job's training, validation and result files (streamed)."""
@@ -441,8 +546,11 @@ class OpenAIRegistry(_OpenAIBase):
 
     def exists(self, ref: ModelRef) -> bool:
         """True while GET /models/{id} answers."""
+        return self._exists(model_id(ref))
+
+    def _exists(self, mid: str) -> bool:
         try:
-            self._model(model_id(ref))
+            self._model(mid)
         except NotFoundError:
             return False
         return True
@@ -573,7 +681,7 @@ def build(settings: RetireSettings) -> Platform:
     client = httpx.Client(base_url=own.base_url, headers=headers, timeout=own.timeout_seconds)
     return Platform(
         name=PLATFORM,
-        registry=OpenAIRegistry(client, org_id=own.org_id),
+        registry=OpenAIRegistry(client, org_id=own.org_id, admin_key=own.admin_key),
         serving=None,
         traffic=OpenAIUsageTraffic(client, own.admin_key),
     )

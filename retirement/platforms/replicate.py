@@ -32,6 +32,7 @@ from retirement.models import (
     Dossier,
     ExportItem,
     ModelRef,
+    RetirementRequest,
     SmokeResult,
     TrafficSample,
     TrafficVerdict,
@@ -208,6 +209,9 @@ class ReplicateRegistry(_ReplicateBase):
 
     Args:
         client: an httpx.Client with the token and base URL (``build`` makes it).
+        production_deployment: 'owner/name' of the production deployment the cutover switches; None = the one
+            deployment running the model.
+        staging_deployment: 'owner/name' of the staging deployment the staging step points at the replacement.
         sleep: how to wait between retries and polls (tests inject a no-op).
         poll_attempts: how many times a version delete is polled before giving up.
         poll_interval: seconds between two polls.
@@ -220,13 +224,26 @@ class ReplicateRegistry(_ReplicateBase):
         self,
         client: httpx.Client,
         *,
+        production_deployment: str | None = None,
+        staging_deployment: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         poll_attempts: int = 30,
         poll_interval: float = 5.0,
     ) -> None:
         super().__init__(client, sleep=sleep)
+        self.production_deployment = production_deployment
+        self.staging_deployment = staging_deployment
         self.poll_attempts = poll_attempts
         self.poll_interval = poll_interval
+
+    def _moved_by_protocol(self, slug: str, model: str, deployments: list[dict[str, Any]]) -> bool:
+        """True when the staging or cutover step moves deployment ``slug`` (running a version of ``model``)."""
+        if slug in (self.production_deployment, self.staging_deployment):
+            return True
+        if self.production_deployment:
+            return False
+        running = [d for d in deployments if (d.get("current_release") or {}).get("model") == model]
+        return [f"{d.get('owner')}/{d.get('name')}" for d in running] == [slug]
 
     def _check(self, ref: ModelRef) -> tuple[str, str]:
         owner, name = split_slug(ref.name)
@@ -310,7 +327,7 @@ class ReplicateRegistry(_ReplicateBase):
                 kind="deployment",
                 name=f"{d.get('owner')}/{d.get('name')}",
                 detail=f"release {d['current_release'].get('number')} runs this version",
-                movable=True,
+                movable=self._moved_by_protocol(f"{d.get('owner')}/{d.get('name')}", ref.name, deployments),
             )
             for d in deployments
             if (d.get("current_release") or {}).get("version") in versions
@@ -354,12 +371,17 @@ class ReplicateRegistry(_ReplicateBase):
         for d in deployments:
             release = d.get("current_release") or {}
             if release.get("version") in versions:
+                slug = f"{d.get('owner')}/{d.get('name')}"
+                moved = self._moved_by_protocol(slug, ref.name, deployments)
                 blockers.append(
                     DeletionBlocker(
                         code="deployment",
-                        message=f"deployment {d.get('owner')}/{d.get('name')} runs version {release.get('version')}",
-                        remedy="switch the deployment to the replacement (cutover) or delete the deployment",
-                        cleared_by_protocol=True,
+                        message=f"deployment {slug} runs version {release.get('version')}",
+                        remedy="the cutover switches it to the replacement"
+                        if moved
+                        else f"switch deployment {slug} to another version or delete it (it is neither "
+                        "RETIRE_REPLICATE_PRODUCTION_DEPLOYMENT nor RETIRE_REPLICATE_STAGING_DEPLOYMENT)",
+                        cleared_by_protocol=moved,
                     )
                 )
         for t in self._trainings_from(versions):
@@ -586,19 +608,85 @@ class ReplicateServing(_ReplicateBase):
             self._patch(deployment, to.version)
         return previous
 
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        """With a replacement: a staging deployment of the replacement's model and a smoke input are configured,
+        and the production deployment (configured, or the one running the model) runs the retired model.
+
+        A Replicate deployment runs versions of one model and a PATCH changes only its version, so staging
+        or switching on a deployment of another model would replace that model's release.
+        """
+        old, new = request.ref, request.replacement_ref
+        if new is None:
+            return []
+        problems = []
+        if new.version is None:
+            problems.append(f"replacement {new} names no version; remedy: name it as 'owner/name@version_id'")
+        if not self.staging_deployment:
+            problems.append(
+                f"RETIRE_REPLICATE_STAGING_DEPLOYMENT is not set: the staging step needs a deployment of {new.name} "
+                f"to stage {new} on; remedy: set it to 'owner/name' of one"
+            )
+        else:
+            problems += self._serves_model("staging", self.staging_deployment, new.name, "STAGING")
+        if self.smoke_input is None:
+            problems.append(
+                f"RETIRE_REPLICATE_SMOKE_INPUT is not set: the smoke test of {new} in staging sends it as the input "
+                'of each prediction; remedy: set it to a JSON object the model accepts, e.g. {"prompt": "hello"}'
+            )
+        if self.production_deployment:
+            wrong = self._serves_model("production", self.production_deployment, old.name, "PRODUCTION")
+            problems += wrong
+            switched = not wrong
+        else:  # several deployments of the model and none named production: ``production`` says so
+            running = [d for d in self._deployments() if (d.get("current_release") or {}).get("model") == old.name]
+            switched = bool(running)
+        if switched and new.name != old.name:
+            problems.append(
+                f"replacement {new} is a version of another model: the production deployment runs {old.name} and "
+                f"a switch changes only its version; remedy: name a version of {old.name} as the replacement"
+            )
+        return problems
+
+    def _serves_model(self, role: str, slug: str, model: str, setting: str) -> list[str]:
+        """Empty when deployment ``slug`` exists and runs ``model``; else why not, with the remedy."""
+        owner, name = split_slug(slug, f"{role}_deployment")
+        variable = f"RETIRE_REPLICATE_{setting}_DEPLOYMENT"
+        try:
+            deployment = self._get(f"deployments/{owner}/{name}")
+        except NotFoundError:
+            return [f"{role} deployment {slug} ({variable}) does not exist on Replicate; remedy: set {variable}"]
+        runs = (deployment.get("current_release") or {}).get("model")
+        if runs == model:
+            return []
+        return [
+            f"{role} deployment {slug} ({variable}) runs {runs}, not {model}: a Replicate deployment runs versions "
+            f"of one model, so the {role} step would replace {runs}'s release; remedy: set {variable} to a "
+            f"deployment of {model}"
+        ]
+
     def deploy_staging(self, ref: ModelRef) -> None:
-        """Point the staging deployment at ``ref``.
+        """Point the staging deployment at ``ref``, once it is known to run ``ref``'s model and the smoke test
+        has its input (nothing is PATCHed otherwise).
 
         Raises:
-            ConflictError: no staging deployment is configured.
+            ConfigError: no staging deployment or no smoke input is configured.
+            ConflictError: the staging deployment runs another model.
         """
         if ref.version is None:
             raise InputError("replacement", f"{ref} has no version", "'owner/name@version_id'")
         if not self.staging_deployment:
-            raise ConflictError(
+            raise ConfigError(
                 "replicate: no staging deployment is configured; set RETIRE_REPLICATE_STAGING_DEPLOYMENT to "
                 "'owner/name' of a deployment to stage on"
             )
+        if self.smoke_input is None:
+            raise ConfigError(
+                f"replicate: RETIRE_REPLICATE_SMOKE_INPUT is not set: {ref} is not staged without the input of its "
+                'smoke test; set it to a JSON object the model accepts, e.g. {"prompt": "hello"}'
+            )
+        wrong = self._serves_model("staging", self.staging_deployment, ref.name, "STAGING")
+        if wrong:
+            raise ConflictError(f"replicate: {wrong[0]}")
         owner, name = split_slug(self.staging_deployment, "staging_deployment")
         self._patch({"owner": owner, "name": name}, ref.version)
 
@@ -707,7 +795,9 @@ def build(settings: RetireSettings) -> Platform:
     )
     return Platform(
         name=PLATFORM,
-        registry=ReplicateRegistry(client),
+        registry=ReplicateRegistry(
+            client, production_deployment=own.production_deployment, staging_deployment=own.staging_deployment
+        ),
         serving=ReplicateServing(
             client,
             production_deployment=own.production_deployment,

@@ -33,6 +33,7 @@ from retirement.models import (
     Dossier,
     ExportItem,
     ModelRef,
+    RetirementRequest,
     SmokeResult,
     VersionInfo,
     utcnow,
@@ -592,6 +593,19 @@ class SeliseServing:
         self.api = api
         self._watched: ModelRef | None = None
         self._last: tuple[ModelRef, ModelRef, list[str]] | None = None
+
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        """The replacement the agents would move to must be usable: active, and valid by Selise's own check."""
+        new = request.replacement_ref
+        if new is None:
+            return []
+        problem = _unusable(self.api.model(_check_ref(new)))
+        if not problem:
+            return []
+        return [
+            f"replacement {new} cannot serve the agents of {request.ref}: {problem}; remedy: activate it or fix its "
+            "provider credentials in the Selise Blocks console, or name another replacement"
+        ]
 
     def deploy_staging(self, ref: ModelRef) -> None:
         """Nothing to deploy (a Selise model is a provider configuration): check it exists, is active and valid.

@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from retirement.models import ModelRef
-from retirement.platforms.openai import OpenAIRegistry, OpenAIUsageTraffic
+from retirement.platforms.openai import OpenAIRegistry, OpenAIUsageTraffic, _Lineage
 from tests.fakes.prism import PrismServer, RecordingHook, attempt, bearer_client, prism_fixture
 
 pytestmark = pytest.mark.prism
@@ -70,6 +70,20 @@ def test_registry_calls_match_the_spec(client: httpx.Client, hook: RecordingHook
         assert expected in calls, f"{expected} was never sent; sent: {sorted(calls)}"
     afters = [r.request.url.params.get("after") for r in hook.responses if r.request.url.path == "/fine_tuning/jobs"]
     assert afters[0] is None and len(afters) >= 2 and afters[1]
+
+
+def test_checkpoint_permissions_call_matches_the_spec(client: httpx.Client, hook: RecordingHook) -> None:
+    registry = OpenAIRegistry(client, admin_key=SecretStr("sk-admin-contracttest"), sleep=lambda _s: None)
+    # One share listing at a time: Prism's placeholder cursor may never end a listing.
+    alone = _Lineage(model={"id": FT.name}, jobs=[JOB], job=JOB, checkpoints=[])
+    attempt(lambda: registry._shares(FT.name, alone))
+    attempt(lambda: registry._shares(f"{FT.name}:ckpt-step-10", alone))
+    hook.assert_clean(at_least=2)
+    calls = set(hook.calls())
+    for shared in (FT.name, f"{FT.name}:ckpt-step-10"):
+        assert f"GET /fine_tuning/checkpoints/{shared}/permissions" in calls, sorted(calls)
+    sent = [r.request for r in hook.responses]
+    assert all(r.headers["authorization"] == "Bearer sk-admin-contracttest" for r in sent)
 
 
 def test_usage_call_matches_the_spec(client: httpx.Client, hook: RecordingHook) -> None:

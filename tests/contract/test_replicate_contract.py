@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from retirement.models import ModelRef
+from retirement.models import ModelRef, RetirementRequest
 from retirement.platforms.replicate import ReplicatePredictionsTraffic, ReplicateRegistry, ReplicateServing
 from tests.fakes.prism import PrismServer, RecordingHook, assert_no_violations, attempt, bearer_client, prism_fixture
 
@@ -76,14 +76,25 @@ def test_serving_calls_match_the_spec(client: httpx.Client, hook: RecordingHook)
         sleep=lambda _s: None,
     )
     target = MODEL.model_copy(update={"version": VERSION})
+    request = RetirementRequest(
+        model=f"{MODEL.name}@{'a' * 64}",
+        platform="replicate",
+        replacement=f"{MODEL.name}@{VERSION}",
+        requester="alice",
+        approvers=["bob"],
+        reason="contract",
+    )
+    attempt(lambda: serving.preflight(request))
     attempt(lambda: serving.production(MODEL))
-    attempt(lambda: serving.deploy_staging(target))
+    attempt(lambda: serving.deploy_staging(target))  # checks which model staging runs before any PATCH
+    attempt(lambda: serving._patch({"owner": "acme", "name": "staging"}, VERSION))
     attempt(lambda: serving.smoke_test(target, requests=1))
     attempt(lambda: serving._patch({"owner": "acme", "name": "prod"}, VERSION))
     hook.assert_clean()
     calls = set(hook.calls())
     for expected in (
         "GET /deployments/acme/prod",
+        "GET /deployments/acme/staging",
         "PATCH /deployments/acme/staging",
         "PATCH /deployments/acme/prod",
         "POST /deployments/acme/staging/predictions",

@@ -1,7 +1,8 @@
 """The Serving contract, kept by every adapter that can switch production and by the local default.
 
 A cutover needs three things of a serving target: ``switch`` returns what it replaced (the rollback
-target), ``production`` then answers the new version, and switching again changes nothing.
+target), ``production`` then answers the new version, and switching again changes nothing. Before any
+of that, ``preflight`` passes a retirement the target can carry and changes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retirement.models import ModelRef
+from retirement.models import ModelRef, RetirementRequest
 from retirement.platforms import get_platform
 from retirement.platforms.base import Serving
 from retirement.platforms.local import LocalRegistry, LocalServing
@@ -69,7 +70,12 @@ def _case(platform: str, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
         slug = f"acme/{unique('serving')}"
         rep.add_model(slug)
         v1, v2 = rep.add_version(slug), rep.add_version(slug)
-        rep.add_deployment(f"acme/{unique('prod')}", slug, v1)
+        prod, staging = f"acme/{unique('prod')}", f"acme/{unique('staging')}"
+        rep.add_deployment(prod, slug, v1)
+        rep.add_deployment(staging, slug, v2)
+        monkeypatch.setenv("RETIRE_REPLICATE_PRODUCTION_DEPLOYMENT", prod)
+        monkeypatch.setenv("RETIRE_REPLICATE_STAGING_DEPLOYMENT", staging)
+        monkeypatch.setenv("RETIRE_REPLICATE_SMOKE_INPUT", '{"prompt": "hello"}')
         old, new = (ModelRef(platform="replicate", name=slug, version=v) for v in (v1, v2))
         return Case(_serving("replicate"), old, new)
     if platform == "selise":
@@ -88,7 +94,10 @@ def _case(platform: str, request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     vi.add_run(r_old, {"c1": b"old"})
     vi.add_run(r_new, {"n1": b"new"})
     vi.add_deployment(dep, r_old, "c1")
+    staging = unique("staging")
+    vi.add_deployment(staging, r_new, "n1")
     use_vi(monkeypatch, vi, production=dep)
+    monkeypatch.setenv("RETIRE_DATATURE_VI_STAGING_DEPLOYMENT", staging)
     old, new = (
         ModelRef(platform="datature-vi", name=r_old, version="c1"),
         ModelRef(platform="datature-vi", name=r_new, version="n1"),
@@ -113,6 +122,19 @@ def case(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_adapter_is_a_serving_target(case: Case) -> None:
     assert isinstance(case.serving, Serving)
+
+
+def test_preflight_passes_a_retirement_the_target_can_carry_and_changes_nothing(case: Case) -> None:
+    request = RetirementRequest(
+        model=str(case.old),
+        platform=case.old.platform,
+        replacement=str(case.new),
+        requester="alice",
+        approvers=["bob"],
+        reason="superseded",
+    )
+    assert case.serving.preflight(request) == []
+    assert case.serving.production(case.old.model) == case.old
 
 
 def test_switch_returns_what_it_replaced_and_production_follows(case: Case) -> None:

@@ -33,6 +33,7 @@ class BailoApi(HttpFake):
         self.files: dict[str, dict[str, tuple[dict[str, Any], bytes]]] = {}
         self.releases: dict[str, list[dict[str, Any]]] = {}
         self.inferences: dict[str, list[dict[str, Any]]] = {}
+        self.access_requests: dict[str, list[dict[str, Any]]] = {}
 
     def add_model(self, model_id: str, files: dict[str, bytes], roles: tuple[str, ...] = ("owner",)) -> None:
         """A model with one release carrying ``files``; ``USER`` holds ``roles`` on it."""
@@ -68,6 +69,7 @@ class BailoApi(HttpFake):
             }
         ]
         self.inferences[model_id] = []
+        self.access_requests[model_id] = []
 
     def route(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any) -> Reply:
         token = base64.b64encode(f"{ACCESS_KEY}:{SECRET_KEY}".encode()).decode()
@@ -103,7 +105,7 @@ class BailoApi(HttpFake):
             ("releases",): ("releases", self.releases[model_id]),
             ("files",): ("files", [meta for meta, _ in self.files[model_id].values()]),
             ("inferences",): ("inferences", self.inferences[model_id]),
-            ("access-requests",): ("accessRequests", []),
+            ("access-requests",): ("accessRequests", self.access_requests[model_id]),
             ("webhooks",): ("webhooks", []),
             ("images",): ("images", []),
             ("model-card-revisions",): ("modelCardRevisions", [model["card"]]),

@@ -2,8 +2,11 @@
 
 It speaks the documented shapes (specs/openai-openapi.yaml): ``{object: "list", data, has_more}``
 lists, ``DELETE /models/{id}`` answering ``{id, object, deleted}`` for fine-tuned models only, file
-metadata and content, and the organisation usage API (admin key) with one bucket per ``bucket_width``
-for the part of the window that has already happened. Errors are ``{error: {message, type, param, code}}``.
+metadata and content, fine-tuning jobs whose base may itself be a fine-tune (its lineage), their
+checkpoints (each a model id of its own), checkpoint permissions (admin key: the projects a fine-tune
+or checkpoint is shared with, ``checkpoint.permission`` items paged by ``after``), and the
+organisation usage API (admin key) with one bucket per ``bucket_width`` for the part of the window that
+has already happened. Errors are ``{error: {message, type, param, code}}``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class OpenAIApi(HttpFake):
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.usage: list[tuple[str, int]] = []
         """(model, unix time) of every request the usage API reports."""
+        self.permissions: dict[str, list[dict[str, Any]]] = {}
+        """checkpoint or fine-tuned model id -> its checkpoint permissions (the projects it is shared with)."""
 
     # -- seeding ------------------------------------------------------------------------------
 
@@ -54,10 +59,15 @@ class OpenAIApi(HttpFake):
         return fid
 
     def add_fine_tune(self, base: str, suffix: str, status: str = "succeeded") -> tuple[str, dict[str, Any]]:
-        """A fine-tuning job on ``base`` and, once succeeded, the model it produced; returns (model id, job)."""
+        """A fine-tuning job on ``base`` and, once succeeded, the model it produced; returns (model id, job).
+
+        ``base`` may be a fine-tuned model (or a checkpoint): the child's id names the original base model,
+        as OpenAI names it, and the job's ``model`` names the parent.
+        """
         training = self.add_file("train.jsonl", b'{"messages": []}\n' * 50, "fine-tune")
         result = self.add_file("step_metrics.csv", b"step,train_loss\n1,0.9\n2,0.4\n", "fine-tune-results")
-        model_id = f"ft:{base}:{ORG.removeprefix('org-')}:{suffix}:{secrets.token_hex(4)}"
+        root = base.split(":")[1] if base.startswith("ft:") else base
+        model_id = f"ft:{root}:{ORG.removeprefix('org-')}:{suffix}:{secrets.token_hex(4)}"
         job = {
             "id": f"ftjob-{secrets.token_hex(8)}",
             "object": "fine_tuning.job",
@@ -80,6 +90,17 @@ class OpenAIApi(HttpFake):
             self.models[model_id] = {"id": model_id, "object": "model", "created": 1_720_003_600, "owned_by": ORG}
         return model_id, job
 
+    def share(self, checkpoint: str, project_id: str) -> str:
+        """Share a fine-tuned model or checkpoint with another project (a checkpoint permission); returns its id."""
+        permission = {
+            "object": "checkpoint.permission",
+            "id": f"cp_{secrets.token_hex(12)}",
+            "created_at": 1_721_764_867,
+            "project_id": project_id,
+        }
+        self.permissions.setdefault(checkpoint, []).append(permission)
+        return str(permission["id"])
+
     # -- answers ------------------------------------------------------------------------------
 
     def route(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any) -> Reply:
@@ -92,6 +113,12 @@ class OpenAIApi(HttpFake):
             if auth != f"Bearer {ADMIN_KEY}":
                 return _error(401, "The usage API needs an admin key", "invalid_request_error", "invalid_api_key")
             return self._usage(query)
+        if parts[:2] == ["fine_tuning", "checkpoints"] and len(parts) == 4 and parts[3] == "permissions":
+            if auth != f"Bearer {ADMIN_KEY}":
+                return _error(401, "This endpoint requires an admin key", "invalid_request_error", "invalid_api_key")
+            if method != "GET":
+                return _error(405, f"{method} is not allowed", "invalid_request_error", None)
+            return self._permissions(parts[2], query)
         if auth != f"Bearer {API_KEY}":
             return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
         if parts == ["models"] and method == "GET":
@@ -108,7 +135,7 @@ class OpenAIApi(HttpFake):
                 "object": "fine_tuning.job.checkpoint",
                 "id": f"ftckpt-{parts[2]}",
                 "created_at": 1_720_003_000,
-                "fine_tuned_model_checkpoint": f"{job['fine_tuned_model']}:ckpt-step-2",
+                "fine_tuned_model_checkpoint": checkpoint_of(str(job["fine_tuned_model"])),
                 "step_number": 2,
                 "metrics": {"step": 2, "train_loss": 0.4},
                 "fine_tuning_job_id": parts[2],
@@ -136,6 +163,28 @@ class OpenAIApi(HttpFake):
             return 200, {"id": model_id, "object": "model", "deleted": True}
         return _error(405, f"{method} is not allowed", "invalid_request_error", None)
 
+    def _permissions(self, checkpoint: str, query: dict[str, list[str]]) -> Reply:
+        known = checkpoint in self.models or any(
+            checkpoint_of(str(j["fine_tuned_model"])) == checkpoint for j in self.jobs
+        )
+        if not known:
+            return _error(404, f"Checkpoint {checkpoint} not found", "invalid_request_error", None, "checkpoint")
+        found = list(self.permissions.get(checkpoint, []))
+        if "project_id" in query:
+            found = [p for p in found if p["project_id"] == query["project_id"][0]]
+        if "after" in query:
+            ids = [p["id"] for p in found]
+            found = found[ids.index(query["after"][0]) + 1 :] if query["after"][0] in ids else []
+        limit = int(query.get("limit", ["10"])[0])
+        page = found[:limit]
+        return 200, {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(found) > limit,
+        }
+
     def _usage(self, query: dict[str, list[str]]) -> Reply:
         try:
             start, end = int(query["start_time"][0]), int(query["end_time"][0])
@@ -161,4 +210,9 @@ class OpenAIApi(HttpFake):
         return 200, {"object": "page", "data": buckets, "has_more": False, "next_page": None}
 
 
-__all__ = ["ADMIN_KEY", "API_KEY", "ORG", "OpenAIApi"]
+def checkpoint_of(model_id: str) -> str:
+    """The model id of the one checkpoint the fake keeps of a fine-tune (step 2)."""
+    return f"{model_id}:ckpt-step-2"
+
+
+__all__ = ["ADMIN_KEY", "API_KEY", "ORG", "OpenAIApi", "checkpoint_of"]

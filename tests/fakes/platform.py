@@ -21,12 +21,13 @@ from retirement.models import (
     ModelRef,
     Notification,
     NotifyReceipt,
+    RetirementRequest,
     SmokeResult,
     TrafficSample,
     TrafficVerdict,
     VersionInfo,
 )
-from retirement.platforms.base import Platform
+from retirement.platforms.base import Platform, same_model_refusals
 from retirement.settings import RetireSettings
 
 
@@ -123,6 +124,12 @@ class FakeServing:
         self.staging: dict[str, ModelRef] = {}
         self.switches: list[str] = []
         self.smoke_ok = True
+        self.missing_settings: list[str] = []
+        """Settings the test says this target lacks: each is a preflight refusal."""
+
+    def preflight(self, request: RetirementRequest) -> list[str]:
+        found = [f"{name} is not set; remedy: set it" for name in self.missing_settings]
+        return found + same_model_refusals(request, "production and staging are pointers per model")
 
     def deploy_staging(self, ref: ModelRef) -> None:
         self.staging[ref.name] = ref

@@ -2,7 +2,8 @@
 
 The adapters are the real ones, built from settings as a deployment builds them; only the traffic is
 scripted (FakeTraffic, IDLE) where the platform has no usable traffic history. Each platform gets one
-retirement that ends with the model gone, and one that a platform rule stops before any DELETE.
+retirement that ends with the model gone, and one that a platform rule refuses when it is planned: the
+document phase halts before the plan gate, with nothing staged, switched, backed up or deleted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tasks._context
 from retirement import bootstrap
 from retirement.backup.filesystem import FilesystemBackupStore
 from retirement.bootstrap import Services, stores
-from retirement.models import RetirementRequest
+from retirement.models import Phase, RetirementRequest
 from retirement.platforms import Platform, get_platform
 from retirement.platforms.mlflow import MlflowRegistry, MlflowServing
 from retirement.settings import RetireSettings
@@ -46,7 +47,7 @@ from tests.fakes import datature_vi as vi_fake
 from tests.fakes import openai_api, replicate_api
 from tests.fakes.bailo_api import ACCESS_KEY, SECRET_KEY, BailoApi
 from tests.fakes.datature_vi import FakeVi
-from tests.fakes.openai_api import OpenAIApi
+from tests.fakes.openai_api import OpenAIApi, checkpoint_of
 from tests.fakes.platform import FakeTraffic, RecordingNotifier, World
 from tests.fakes.replicate_api import ReplicateApi
 from tests.fakes.selise import CLIENT_ID, CLIENT_SECRET, GRANT_TYPE, PROJECT_KEY, SeliseServer
@@ -110,11 +111,14 @@ class Retiring:
         assert self.deletes() >= 1
 
     def assert_refused(self, flow_state: Any, state: RetirementState, words: str) -> None:
-        """Halted by the platform's rule, no DELETE sent, nothing backed up for a delete."""
+        """Refused when planned: halted in the document phase before the plan gate, nothing done, no DELETE."""
         assert flow_state.is_failed(), flow_state
         assert state.status == "halted"
         assert words in state.status_reason, state.status_reason
-        assert state.receipt is None
+        assert state.status_reason.startswith("the plan is refused, nothing was done"), state.status_reason
+        assert state.phase is Phase.DOCUMENT and state.approvals == []
+        assert state.cutover_at is None and state.backup_location is None and state.receipt is None
+        assert state.dossier is not None and any(words in r for r in state.dossier.refusals)
         assert self.deletes() == 0
 
 
@@ -189,12 +193,18 @@ def test_mlflow_alias_refuses_the_delete(retiring: Retiring, mlflow_server: str)
 # -- Replicate -------------------------------------------------------------------------------------
 
 
-def _replicate(retiring: Retiring, api: ReplicateApi, monkeypatch: pytest.MonkeyPatch, **deployments: str) -> None:
+def _replicate(
+    retiring: Retiring, api: ReplicateApi, monkeypatch: pytest.MonkeyPatch, smoke: bool = True, **deployments: str
+) -> None:
     use_replicate(monkeypatch, api)
     for name, value in deployments.items():
         monkeypatch.setenv(f"RETIRE_REPLICATE_{name.upper()}_DEPLOYMENT", value)
-    monkeypatch.setenv("RETIRE_REPLICATE_SMOKE_INPUT", '{"prompt": "hello"}')
-    retiring.deletes = lambda: len(api.calls_of("DELETE"))
+    if smoke:
+        monkeypatch.setenv("RETIRE_REPLICATE_SMOKE_INPUT", '{"prompt": "hello"}')
+    else:
+        monkeypatch.delenv("RETIRE_REPLICATE_SMOKE_INPUT", raising=False)
+    before = len(api.calls_of("DELETE"))
+    retiring.deletes = lambda: len(api.calls_of("DELETE")) - before
     retiring.use(get_platform("replicate", RetireSettings()))  # its own predictions listing as traffic
 
 
@@ -224,12 +234,26 @@ def test_replicate_version_with_a_deployment_is_refused(
     replicate_server.add_model(slug)
     old = replicate_server.add_version(slug)
     replicate_server.add_deployment(prod, slug, old)
-    before = len(replicate_server.calls_of("DELETE"))
     _replicate(retiring, replicate_server, monkeypatch)
-    retiring.deletes = lambda: len(replicate_server.calls_of("DELETE")) - before
     flow_state, state = retiring.run(_request(f"{slug}@{old}", "replicate"))
     retiring.assert_refused(flow_state, state, f"deployment {prod} runs version {old}")
     assert old in replicate_server.models[slug].versions
+
+
+def test_replicate_without_a_smoke_input_is_refused_before_any_patch(
+    retiring: Retiring, replicate_server: ReplicateApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slug, prod, staging = f"acme/{unique('flow')}", f"acme/{unique('prod')}", f"acme/{unique('staging')}"
+    replicate_server.add_model(slug)
+    old, new = replicate_server.add_version(slug), replicate_server.add_version(slug)
+    replicate_server.add_deployment(prod, slug, old)
+    replicate_server.add_deployment(staging, slug, old)
+    patches = len(replicate_server.calls_of("PATCH"))
+    _replicate(retiring, replicate_server, monkeypatch, smoke=False, production=prod, staging=staging)
+    flow_state, state = retiring.run(_request(f"{slug}@{old}", "replicate", replacement=f"{slug}@{new}"))
+    retiring.assert_refused(flow_state, state, "RETIRE_REPLICATE_SMOKE_INPUT is not set")
+    assert len(replicate_server.calls_of("PATCH")) == patches
+    assert replicate_server.deployments[staging]["current_release"]["version"] == old
 
 
 # -- OpenAI ----------------------------------------------------------------------------------------
@@ -273,6 +297,39 @@ def test_openai_base_model_is_refused(
     flow_state, state = retiring.run(_request(base, "openai"))
     retiring.assert_refused(flow_state, state, f"{base} is a base model")
     assert base in openai_server.models
+
+
+def test_openai_parent_of_a_fine_tune_is_refused_then_retired_after_its_child(
+    retiring: Retiring, openai_server: OpenAIApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent, _ = openai_server.add_fine_tune("gpt-4o-mini-2024-07-18", unique("parent"))
+    child, job = openai_server.add_fine_tune(parent, unique("child"))
+    _openai(retiring, openai_server, monkeypatch)
+    flow_state, state = retiring.run(_request(parent, "openai"))
+    retiring.assert_refused(flow_state, state, f"{child} was fine-tuned from {parent} by job {job['id']}")
+    assert "(platform rule `fine_tune_parent`)" in state.status_reason
+    assert openai_server.calls_of("DELETE", f"/v1/models/{parent}") == []
+    assert parent in openai_server.models
+
+    # The child first, then the parent: both retire.
+    for model in (child, parent):
+        _openai(retiring, openai_server, monkeypatch)
+        flow_state, state = retiring.run(_request(model, "openai"))
+        retiring.assert_retired(flow_state, state)
+        assert state.ref.name == model and model not in openai_server.models
+    assert [c.path for c in openai_server.calls_of("DELETE")][-2:] == [f"/v1/models/{child}", f"/v1/models/{parent}"]
+
+
+def test_openai_fine_tune_shared_with_another_project_is_refused(
+    retiring: Retiring, openai_server: OpenAIApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared, _ = openai_server.add_fine_tune("gpt-4o-mini-2024-07-18", unique("shared"))
+    permission = openai_server.share(checkpoint_of(shared), "proj_fraud_team")
+    _openai(retiring, openai_server, monkeypatch)
+    flow_state, state = retiring.run(_request(shared, "openai"))
+    retiring.assert_refused(flow_state, state, f"project proj_fraud_team may use {checkpoint_of(shared)}")
+    assert f"checkpoint permission {permission}" in state.status_reason
+    assert shared in openai_server.models
 
 
 # -- Bailo -----------------------------------------------------------------------------------------

@@ -160,14 +160,14 @@ def test_describe_gathers_releases_metadata_and_uses(registry: BailoRegistry, ap
     assert dossier.metadata["visibility"] == "private"
     assert dossier.metadata["collaborators"] == [{"entity": "user:alice", "roles": ["owner"]}]
     assert dossier.deployed_at == ["inference service yolo:v1-cpu"]
-    kinds = {(d.kind, d.name) for d in dossier.dependents}
-    assert kinds == {
-        ("deployment", "yolo:v1-cpu"),
-        ("consumer", "ar-1"),
-        ("consumer", "ar-2"),
-        ("webhook", "ci-hook"),
-        ("other", f"{MODEL}/yolo:v1-cpu"),
+    # who still uses it: the live service and the open request; the ended request, the webhook and the image
+    # tag go with the model, and the dossier says so
+    assert {(d.kind, d.name, d.movable) for d in dossier.dependents} == {
+        ("deployment", "yolo:v1-cpu", False),
+        ("consumer", "ar-1", False),
     }
+    issues = " ".join(dossier.known_issues)
+    assert "ci-hook" in issues and f"{MODEL}/yolo:v1-cpu" in issues and "ar-2" in issues
     # the live service and the open request block; the ended request does not
     assert sorted(b.code for b in dossier.blockers) == ["access_request", "inference_service"]
     assert "ar-1" in " ".join(b.message for b in dossier.blockers)

@@ -19,7 +19,7 @@ from retirement.errors import (
     NotFoundError,
     PlatformUnavailableError,
 )
-from retirement.models import ModelRef, TrafficVerdict
+from retirement.models import ModelRef, RetirementRequest, TrafficVerdict
 from retirement.platforms import get_platform
 from retirement.platforms.datature_vi import DatatureViRegistry, DatatureViServing, DatatureViTraffic
 
@@ -233,6 +233,51 @@ def test_a_bare_output_object_is_read_as_well_as_a_page() -> None:
     routes[("GET", "/bucket/c1.zip")] = lambda request: httpx.Response(200, stream=httpx.ByteStream(b"abc"))
     items = {i.path: i for i in _registry(App(routes)).export(_ref("c1"))}
     assert b"".join(items["checkpoints/c1/c1.zip"].open()) == b"abc"
+
+
+def _retirement(replacement: str | None = "run-b@n1") -> RetirementRequest:
+    return RetirementRequest(
+        model="run-a@c1",
+        platform="datature-vi",
+        replacement=replacement,
+        requester="alice",
+        approvers=["bob"],
+        reason="superseded",
+    )
+
+
+@pytest.mark.parametrize(
+    ("production", "staging", "refused"),
+    [
+        (("run-a", "c1"), ("run-b", "n1"), []),
+        (("run-a", "c1"), None, ["RETIRE_DATATURE_VI_STAGING_DEPLOYMENT is not set"]),
+        (("run-z", "z1"), ("run-b", "n1"), ["production deployment prod serves run-z@z1, another model"]),
+        (("run-a", "c2"), ("run-b", "n1"), ["production deployment prod serves run-a@c2, another checkpoint"]),
+        (("run-a", "c1"), ("run-q", "q1"), ["staging deployment stage serves run-q@q1, another model"]),
+    ],
+    ids=["carried", "no-staging", "production-of-another-run", "production-of-another-checkpoint", "foreign-staging"],
+)
+def test_preflight_names_what_staging_or_the_cutover_would_stop_at(
+    production: tuple[str, str], staging: tuple[str, str] | None, refused: list[str]
+) -> None:
+    routes: dict[tuple[str, str], Any] = {("GET", f"{ROOT}/deployments/prod"): _deployment("prod", *production)}
+    if staging is not None:
+        routes[("GET", f"{ROOT}/deployments/stage")] = _deployment("stage", *staging)
+    app = App(routes)
+    serving = DatatureViServing(
+        _client(app), ORG, production_deployment="prod", staging_deployment="stage" if staging else None
+    )
+    problems = serving.preflight(_retirement())
+    assert [p[: len(r)] for p, r in zip(problems, refused, strict=False)] == refused and len(problems) == len(refused)
+    assert all("remedy:" in p for p in problems)
+    assert serving.preflight(_retirement(replacement=None)) == []
+    assert [r.method for r in app.requests if r.method != "GET"] == []
+
+
+def test_without_a_production_deployment_nothing_is_known_as_production() -> None:
+    app = App({})
+    assert DatatureViServing(_client(app), ORG).production(_ref()) is None
+    assert app.requests == []
 
 
 def test_soft_delete_is_refused_because_vi_has_none() -> None:

@@ -12,7 +12,7 @@ import pytest
 from retirement.gateway.app import create_app
 from retirement.gateway.requestlog import RequestLog
 from retirement.gateway.server import serve_in_thread
-from retirement.models import ModelRef
+from retirement.models import ModelRef, RetirementRequest
 from retirement.platforms.base import Serving
 from retirement.platforms.local import LocalRegistry, LocalServing
 
@@ -99,3 +99,15 @@ def test_export_through_the_gateway_streams_the_exact_bytes(
         data = b"".join(item.open())
         assert data == registry.file_path(V1, item.path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == item.sha256
+
+
+def test_preflight_refuses_a_replacement_of_another_model(serving: LocalServing) -> None:
+    def retirement(replacement: str) -> RetirementRequest:
+        return RetirementRequest(
+            model="churn@1", replacement=replacement, requester="alice", approvers=["bob"], reason="superseded"
+        )
+
+    assert serving.preflight(retirement("churn@2")) == []
+    [problem] = serving.preflight(retirement("fraud@1"))
+    assert problem.startswith("fraud@1 cannot take over production of churn@1: the local gateway routes each model")
+    assert "remedy: name a version of churn as the replacement" in problem

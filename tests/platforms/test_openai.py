@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from retirement.errors import (
     AuthError,
@@ -59,6 +60,7 @@ class App:
             }
         ]
         self.files = {"file-train": b'{"messages": []}\n' * 3, "file-result": b"step,train_loss\n1,0.5\n"}
+        self.permissions: dict[str, list[dict[str, Any]]] = {}
         self.page_size = 2
         self.delete_status = 200
         self.usage_buckets: list[dict[str, Any]] | None = None
@@ -102,6 +104,11 @@ class App:
                 for n in (10, 20, 30)
             ]
             return self._page(cps, q)
+        if path.startswith("/fine_tuning/jobs/") and path.endswith("/checkpoints"):
+            job_id = path.split("/")[3]
+            if not any(job["id"] == job_id for job in self.jobs):
+                return _err(404, f"Fine-tuning job {job_id} not found", "job_not_found")
+            return self._page([], q)
         if path.startswith("/files/"):
             fid, _, rest = path.removeprefix("/files/").partition("/")
             if fid not in self.files:
@@ -111,6 +118,10 @@ class App:
             return httpx.Response(
                 200, json={"id": fid, "bytes": len(self.files[fid]), "filename": f"{fid}.jsonl", "purpose": "fine-tune"}
             )
+        if path.startswith("/fine_tuning/checkpoints/") and path.endswith("/permissions") and method == "GET":
+            assert request.headers["authorization"] == "Bearer admin-secret-key"  # an admin key, never the API key
+            checkpoint = path.removeprefix("/fine_tuning/checkpoints/").removesuffix("/permissions")
+            return self._page(self.permissions.get(checkpoint, []), q)
         if path == "/organization/usage/completions":
             assert request.headers["authorization"] == "Bearer admin-secret-key"
             return self._usage(q)
@@ -157,7 +168,7 @@ def client(app: App) -> httpx.Client:
 
 @pytest.fixture
 def registry(client: httpx.Client) -> OpenAIRegistry:
-    return OpenAIRegistry(client, org_id=ORG, sleep=lambda _s: None)
+    return OpenAIRegistry(client, org_id=ORG, admin_key=SecretStr("admin-secret-key"), sleep=lambda _s: None)
 
 
 def ref(name: str = FT) -> ModelRef:
@@ -199,7 +210,7 @@ def test_model_of_another_organisation_is_refused_without_a_delete(registry: Ope
 def test_without_org_id_ownership_needs_a_producing_job(client: httpx.Client, app: App) -> None:
     other = "ft:gpt-4o-mini:other::zzz"
     app.models[other] = {"id": other, "object": "model", "created": 1, "owned_by": "org-other"}
-    registry = OpenAIRegistry(client, sleep=lambda _s: None)
+    registry = OpenAIRegistry(client, admin_key=SecretStr("admin-secret-key"), sleep=lambda _s: None)
     assert [b.code for b in registry.deletion_blockers(ref(other))] == ["not_owner"]
     assert registry.deletion_blockers(ref()) == []
 
@@ -210,6 +221,69 @@ def test_a_fine_tune_training_on_top_blocks_the_delete(registry: OpenAIRegistry,
     with pytest.raises(DeletionBlockedError, match="ftjob-child"):
         registry.delete(ref())
     assert app.sent("DELETE") == []
+
+
+def test_a_fine_tune_made_from_it_blocks_until_that_child_is_gone(registry: OpenAIRegistry, app: App) -> None:
+    child = "ft:gpt-4o-mini-2024-07-18:acme::child1"
+    app.models[child] = {"id": child, "object": "model", "created": 1_700_000_100, "owned_by": ORG}
+    app.jobs.append({"id": "ftjob-kid", "model": FT, "status": "succeeded", "fine_tuned_model": child})
+    assert [(d.kind, d.name) for d in registry.dependents(ref())] == [("fine_tune_child", child)]
+    assert [b.code for b in registry.deletion_blockers(ref())] == ["fine_tune_parent"]
+    with pytest.raises(DeletionBlockedError, match=f"{child} was fine-tuned from {FT} by job ftjob-kid"):
+        registry.delete(ref())
+    assert app.sent("DELETE") == []
+    registry.delete(ref(child))  # the child first ...
+    assert registry.dependents(ref()) == []  # ... and its finished job no longer holds the parent
+    assert registry.delete(ref()).verified_gone
+    assert app.sent("DELETE") == [f"/v1/models/{child}", f"/v1/models/{FT}"]
+
+
+def test_a_fine_tune_made_from_one_of_its_checkpoints_is_its_child_too(registry: OpenAIRegistry, app: App) -> None:
+    child = "ft:gpt-4o-mini-2024-07-18:acme::fromckpt"
+    app.models[child] = {"id": child, "object": "model", "created": 1_700_000_100, "owned_by": ORG}
+    app.jobs.append({"id": "ftjob-ck", "model": f"{FT}:ckpt-step-20", "status": "succeeded", "fine_tuned_model": child})
+    assert [d.name for d in registry.dependents(ref())] == [child]
+    with pytest.raises(DeletionBlockedError, match=f"fine-tuned from {FT}:ckpt-step-20"):
+        registry.delete(ref())
+    assert app.sent("DELETE") == []
+
+
+def test_a_failed_child_job_holds_nothing(registry: OpenAIRegistry, app: App) -> None:
+    app.jobs.append({"id": "ftjob-bad", "model": FT, "status": "failed", "fine_tuned_model": None})
+    assert registry.dependents(ref()) == [] and registry.deletion_blockers(ref()) == []
+
+
+@pytest.mark.parametrize("shared", [FT, f"{FT}:ckpt-step-10"], ids=["the-model", "a-checkpoint"])
+def test_a_share_with_another_project_blocks_and_names_the_project(
+    registry: OpenAIRegistry, app: App, shared: str
+) -> None:
+    app.permissions[shared] = [
+        {"object": "checkpoint.permission", "id": "cp_1", "created_at": 1, "project_id": "proj_fraud"},
+        {"object": "checkpoint.permission", "id": "cp_2", "created_at": 2, "project_id": "proj_support"},
+        {"object": "checkpoint.permission", "id": "cp_3", "created_at": 3, "project_id": "proj_billing"},
+    ]
+    deps = registry.dependents(ref())
+    assert [(d.kind, d.name) for d in deps] == [
+        ("consumer", "proj_fraud"),
+        ("consumer", "proj_support"),
+        ("consumer", "proj_billing"),
+    ]  # read across pages of two
+    assert all(shared in d.detail for d in deps)
+    with pytest.raises(DeletionBlockedError, match="proj_billing"):
+        registry.delete(ref())
+    assert app.sent("DELETE") == []
+    listed = [r.url.path for r in app.requests if r.url.path.endswith("/permissions")]
+    assert f"/v1/fine_tuning/checkpoints/{shared}/permissions" in listed
+
+
+def test_without_an_admin_key_the_shares_are_unknown_and_that_blocks(client: httpx.Client, app: App) -> None:
+    registry = OpenAIRegistry(client, org_id=ORG, sleep=lambda _s: None)
+    blockers = registry.deletion_blockers(ref())
+    assert [b.code for b in blockers] == ["shares_unknown"] and "OPENAI_ADMIN_KEY" in blockers[0].remedy
+    with pytest.raises(DeletionBlockedError, match="cannot be read"):
+        registry.delete(ref())
+    assert app.sent("DELETE") == []
+    assert not [r for r in app.requests if r.url.path.endswith("/permissions")]
 
 
 def test_delete_removes_the_model_and_verifies_it_is_gone(registry: OpenAIRegistry, app: App) -> None:

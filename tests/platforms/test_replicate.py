@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from retirement.errors import ConfigError, ConflictError, DeletionBlockedError, InputError, NotFoundError
-from retirement.models import ModelRef, TrafficVerdict
+from retirement.models import ModelRef, RetirementRequest, TrafficVerdict
 from retirement.platforms import get_platform
 from retirement.platforms.replicate import (
     ReplicatePredictionsTraffic,
@@ -180,6 +180,90 @@ def test_deployed_version_blocks_without_a_delete(registry: ReplicateRegistry, a
     assert app.sent("DELETE") == []
 
 
+@pytest.mark.parametrize(
+    ("configured", "movable"),
+    [({}, True), ({"production_deployment": "acme/prod"}, True), ({"production_deployment": "acme/main"}, False)],
+    ids=["the-one-deployment-of-the-model", "the-configured-production", "neither-production-nor-staging"],
+)
+def test_only_the_deployment_the_protocol_switches_is_movable(
+    client: httpx.Client, app: App, configured: dict[str, str], movable: bool
+) -> None:
+    app.deployments.append({"owner": "acme", "name": "prod", "current_release": {"model": "acme/churn", "version": V1}})
+    registry = ReplicateRegistry(client, sleep=lambda _s: None, **configured)
+    assert [(d.name, d.movable) for d in registry.dependents(ref())] == [("acme/prod", movable)]
+    assert [(b.code, b.cleared_by_protocol) for b in registry.deletion_blockers(ref())] == [("deployment", movable)]
+
+
+def test_two_deployments_of_the_version_are_both_left_to_a_person(client: httpx.Client, app: App) -> None:
+    for name in ("prod", "batch"):
+        app.deployments.append(
+            {"owner": "acme", "name": name, "current_release": {"model": "acme/churn", "version": V1}}
+        )
+    registry = ReplicateRegistry(client, sleep=lambda _s: None)
+    assert [d.movable for d in registry.dependents(ref())] == [False, False]
+
+
+def _retirement(replacement: str | None = f"acme/churn@{V2}") -> RetirementRequest:
+    return RetirementRequest(
+        model=f"acme/churn@{V1}",
+        platform="replicate",
+        replacement=replacement,
+        requester="alice",
+        approvers=["bob"],
+        reason="superseded",
+    )
+
+
+def _staging_app(app: App, model: str) -> None:
+    app.deployments.append({"owner": "acme", "name": "prod", "current_release": {"model": "acme/churn", "version": V1}})
+    app.deployments.append({"owner": "acme", "name": "staging", "current_release": {"model": model, "version": V2}})
+
+
+def test_preflight_refuses_a_staging_deployment_of_another_model_and_a_missing_smoke_input(
+    client: httpx.Client, app: App
+) -> None:
+    _staging_app(app, "acme/images")
+    serving = ReplicateServing(client, production_deployment="acme/prod", staging_deployment="acme/staging")
+    problems = serving.preflight(_retirement())
+    assert problems[0].startswith(
+        "staging deployment acme/staging (RETIRE_REPLICATE_STAGING_DEPLOYMENT) runs acme/images, not acme/churn"
+    )
+    assert problems[1].startswith("RETIRE_REPLICATE_SMOKE_INPUT is not set")
+    assert len(problems) == 2 and all("remedy:" in p for p in problems)
+    assert app.sent("PATCH") == [] and app.sent("POST") == []
+    assert serving.preflight(_retirement(replacement=None)) == []  # nothing is staged or switched
+
+
+def test_preflight_refuses_missing_settings_and_a_production_deployment_of_another_model(
+    client: httpx.Client, app: App
+) -> None:
+    app.deployments.append({"owner": "acme", "name": "prod", "current_release": {"model": "acme/x2", "version": V1}})
+    serving = ReplicateServing(client, production_deployment="acme/prod", smoke_input={"prompt": "hi"})
+    problems = serving.preflight(_retirement())
+    assert problems[0].startswith("RETIRE_REPLICATE_STAGING_DEPLOYMENT is not set")
+    assert problems[1].startswith("production deployment acme/prod (RETIRE_REPLICATE_PRODUCTION_DEPLOYMENT) runs")
+    assert len(problems) == 2
+
+
+def test_preflight_accepts_what_staging_and_cutover_can_carry(client: httpx.Client, app: App) -> None:
+    _staging_app(app, "acme/churn")
+    serving = ReplicateServing(
+        client, production_deployment="acme/prod", staging_deployment="acme/staging", smoke_input={"prompt": "hi"}
+    )
+    assert serving.preflight(_retirement()) == []
+
+
+def test_staging_is_never_patched_without_a_smoke_input_or_onto_another_model(client: httpx.Client, app: App) -> None:
+    _staging_app(app, "acme/images")
+    unset = ReplicateServing(client, staging_deployment="acme/staging")
+    with pytest.raises(ConfigError, match="RETIRE_REPLICATE_SMOKE_INPUT is not set"):
+        unset.deploy_staging(ref(V2))
+    other = ReplicateServing(client, staging_deployment="acme/staging", smoke_input={"prompt": "hi"})
+    with pytest.raises(ConflictError, match="runs acme/images, not acme/churn"):
+        other.deploy_staging(ref(V2))
+    assert app.sent("PATCH") == []
+
+
 def test_fine_tune_base_blocks_without_a_delete(registry: ReplicateRegistry, app: App) -> None:
     app.trainings = [{"id": "t1", "version": V2, "model": "acme/churn-ft", "status": "succeeded"}]
     with pytest.raises(DeletionBlockedError, match="base of training t1"):
@@ -292,7 +376,7 @@ def test_serving_switch_returns_previous_and_patches(client: httpx.Client, app: 
 
 
 def test_staging_needs_a_configured_deployment(client: httpx.Client, app: App) -> None:
-    with pytest.raises(ConflictError, match="RETIRE_REPLICATE_STAGING_DEPLOYMENT"):
+    with pytest.raises(ConfigError, match="RETIRE_REPLICATE_STAGING_DEPLOYMENT"):
         ReplicateServing(client).deploy_staging(ref(V2))
     assert app.requests == []
 

@@ -19,7 +19,7 @@ from retirement.errors import (
     PlatformError,
     PlatformUnavailableError,
 )
-from retirement.models import ModelRef
+from retirement.models import ModelRef, RetirementRequest
 from retirement.platforms import get_platform
 from retirement.platforms.selise import (
     TOKEN_PATH,
@@ -382,3 +382,16 @@ def test_build_needs_the_project_key_and_a_client_credential(monkeypatch: pytest
         get_platform("selise", RetireSettings())
     assert "RETIRE_SELISE_PROJECT_KEY" in str(caught.value) and "RETIRE_SELISE_CLIENT_ID" in str(caught.value)
     assert "top-secret-value" not in str(caught.value)
+
+
+def test_preflight_refuses_a_replacement_the_agents_could_not_use(api: SeliseClient, state: SeliseState) -> None:
+    retirement = RetirementRequest(
+        model="m-old", platform="selise", replacement="m-new", requester="alice", approvers=["bob"], reason="old"
+    )
+    serving = SeliseServing(api)
+    assert serving.preflight(retirement) == []
+    state.models["m-new"]["IsActive"] = False
+    [problem] = serving.preflight(retirement)
+    assert problem.startswith("replacement m-new cannot serve the agents of m-old: the model is inactive")
+    assert "remedy:" in problem
+    assert state.calls_of("POST", "/agents/update-ai-configurations") == []
