@@ -20,7 +20,7 @@ from retirement.models import RetirementRequest, utcnow
 from retirement.platforms import get_platform
 from retirement.render import dossier_markdown
 from retirement.settings import RetireSettings
-from retirement.state import RetirementState
+from retirement.state import OPEN, TERMINAL, RetirementState
 
 DEPLOYMENT = "retire-model/retire-model"
 DEMO_REQUESTER = "demo-requester"
@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     status = subparsers.add_parser("status", help="Retirements and where they stand, or one in detail.")
     status.add_argument("retirement_id", nargs="?", metavar="ID", help="One retirement.")
+    status.add_argument(
+        "--finished", type=int, default=20, help="How many of the newest finished retirements to list (20)."
+    )
+    status.add_argument("--all", action="store_true", help="List every finished retirement too.")
     status.set_defaults(func=_status)
 
     cancel = subparsers.add_parser(
@@ -270,7 +274,10 @@ def _approve(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     settings = RetireSettings()
     _, states = stores(settings)
-    found = [states.load(args.retirement_id)] if args.retirement_id else states.all()
+    if args.retirement_id:
+        found = [states.load(args.retirement_id)]
+    else:  # every open retirement, then the newest finished ones (the store may hold millions)
+        found = states.by_status(OPEN) + states.by_status(TERMINAL, limit=None if args.all else args.finished)
     runs = _run_truth(settings, [s for s in found if not s.stopped])
     if args.retirement_id:
         print(_describe(found[0], runs.get(found[0].id)))
