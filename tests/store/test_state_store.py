@@ -147,16 +147,18 @@ def test_state_files_from_before_the_database_are_imported_once(tmp_path: Path) 
 
 
 def _race_open(url: str, barrier: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue) -> None:
-    engine = db.engine_for(url)
-    store = StateStore(engine, stores_ledger(engine))
     request = _request()
-    barrier.wait()
     try:
+        engine = db.engine_for(url)
+        store = StateStore(engine, stores_ledger(engine))  # type: ignore[arg-type]
+        barrier.wait(timeout=60)
         state = RetirementState(id=new_retirement_id(request.ref), request=request)
         store.create(state, Entry("decision", "open"))
         results.put("opened")
     except ConflictError:
         results.put("refused")
+    except Exception as exc:  # anything else is a failure the test names
+        results.put(f"error: {exc!r}")
 
 
 def stores_ledger(engine: object) -> object:
@@ -167,7 +169,9 @@ def stores_ledger(engine: object) -> object:
 
 @pytest.mark.parametrize("rounds", [50])
 def test_two_processes_opening_one_model_at_the_same_instant_exactly_one_wins(tmp_path: Path, rounds: int) -> None:
-    ctx = multiprocessing.get_context("fork")  # a forked child drops the parent's pooled connections (db.py)
+    # Racers fork from a fresh server process: nothing of this test process (threads, servers) crosses over.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.store.test_state_store"])
     for i in range(rounds):
         url = f"sqlite:///{tmp_path / f'race-{i}.db'}"
         db.engine_for(url)  # migrated before the race, as a running installation is
