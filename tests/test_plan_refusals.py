@@ -485,3 +485,27 @@ def test_a_plan_the_platform_can_carry_is_not_refused(
     monkeypatch.setenv("RETIRE_REPLICATE_STAGING_DEPLOYMENT", staging)
     monkeypatch.setenv("RETIRE_REPLICATE_SMOKE_INPUT", '{"prompt": "hello"}')
     assert main(["plan", "--platform", "replicate", "--model", f"{slug}@{old}", "--replacement", f"{slug}@{new}"]) == 0
+
+
+def test_a_replicate_model_on_several_deployments_with_none_named_production_is_refused(
+    replicate_server: ReplicateApi,
+    monkeypatch: pytest.MonkeyPatch,
+    retire_home: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    slug = f"acme/{unique('twice')}"
+    replicate_server.add_model(slug)
+    old, new = replicate_server.add_version(slug), replicate_server.add_version(slug)
+    first, second = f"acme/{unique('eu')}", f"acme/{unique('us')}"
+    replicate_server.add_deployment(first, slug, old)
+    replicate_server.add_deployment(second, slug, old)
+    use_replicate(monkeypatch, replicate_server)
+    monkeypatch.delenv("RETIRE_REPLICATE_PRODUCTION_DEPLOYMENT", raising=False)
+    patches = len(replicate_server.calls_of("PATCH"))
+    assert main(["plan", "--platform", "replicate", "--model", f"{slug}@{old}", "--replacement", f"{slug}@{new}"]) == 1
+    err = capsys.readouterr().err
+    assert f"{slug} runs on several deployments ({first}, {second})" in err
+    assert "set RETIRE_REPLICATE_PRODUCTION_DEPLOYMENT" in err
+    for deployment in (first, second):  # neither is switched by the protocol: each blocks, named
+        assert f"deployment {deployment} runs version {old} (platform rule `deployment`)" in err
+    assert len(replicate_server.calls_of("PATCH")) == patches
