@@ -10,7 +10,8 @@ from tasks import reconcile
 @flow(name="retirement-reconciler", log_prints=False)
 def retirement_reconciler() -> str:
     """Resume retirements no run carries (a lost worker, a crash, a transient failure); flag what needs a person."""
-    reconcile.ensure_zombie_automation()
+    reconcile.drop_zombie_automation()
+    reconcile.crash_silent_runs()  # runs whose process is gone: their retirements are judged as crashed below
     resumed = flagged = 0
     for decision, request in reconcile.judge():
         if decision.action == "resume":

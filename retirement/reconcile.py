@@ -107,3 +107,11 @@ def decide(
             f"{len(lost)} run(s) stuck Pending for over {pending_limit.total_seconds() / 60:g} min (lost with a worker)"
         )
     return Decision(rid, "resume", why, phase=phase, at=at, lost=lost)
+
+
+def silent(entered: datetime | None, last_beat: datetime | None, now: datetime, zombie_after: timedelta) -> bool:
+    """True when a run that should beat (Running, or being cancelled) gave no sign of life for over ``zombie_after``:
+    no heartbeat, and it did not enter its state, in that time. Its process is gone.
+    """
+    signs = [t for t in (entered, last_beat) if t is not None]
+    return bool(signs) and now - max(signs) > zombie_after

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.automations import Automation
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.deployments import run_deployment
-from prefect.events.actions import ChangeFlowRunState
-from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.events.schemas.events import ResourceSpecification
-from prefect.states import Crashed
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.states import Cancelled, Crashed
 
 from retirement import bootstrap, protocol
 from retirement.models import NotificationStatus, utcnow
-from retirement.reconcile import Decision, RunView, decide
+from retirement.reconcile import Decision, RunView, decide, silent
 from retirement.settings import RetireSettings
 from retirement.state import OPEN
 
 RETIRE_DEPLOYMENT = "retire-model/retire-model"
+RETIRE_FLOW = "retire-model"
 ZOMBIE_AUTOMATION = "model-retirement: crash runs that stopped beating"
 
 
@@ -41,84 +47,94 @@ def _view(run: FlowRun) -> RunView:
     )
 
 
-def zombie_automation(within_seconds: int) -> Automation:
-    """The automation that marks a retirement run Crashed once it stopped beating for ``within_seconds``.
+@task(name="drop-zombie-automation", cache_policy=NO_CACHE)
+def drop_zombie_automation() -> str:
+    """Delete the automation an earlier version made to mark runs that stopped beating Crashed.
 
-    Armed by each heartbeat and by the run entering Running: a run killed right after it started (a resumed
-    gate, say) may die before its first heartbeat reaches the server, and would otherwise stay Running forever.
-    Paused and suspended runs stop beating on purpose and are left alone.
+    It matched every flow run of the server, and it marked runs waiting at a gate Crashed: a run that
+    suspends can send one last heartbeat after its Suspended state (the heartbeat thread stops only when
+    the process unwinds), which armed the automation again with no heartbeat ever to follow. The
+    reconciler now judges the heartbeats itself (:func:`crash_silent_runs`), on retire-model runs only,
+    in their current state.
     """
-    return Automation(
-        name=ZOMBIE_AUTOMATION,
-        description="A retirement run whose process died is marked Crashed, so the reconciler resumes it.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-                "prefect.flow-run.Paused",
-                "prefect.flow-run.Suspended",
-            },
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=within_seconds),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED, message=f"no heartbeat for {within_seconds} s: its process is gone"
-            )
-        ],
-    )
-
-
-def _same(found: AutomationCore, wanted: AutomationCore) -> bool:
-    """Whether an existing automation already does what ``wanted`` does (ids aside; updating it resets its timers)."""
-
-    def shape(automation: AutomationCore) -> object:
-        trigger = automation.trigger.model_dump(mode="json", exclude={"id"})
-        actions = [a.model_dump(mode="json", exclude={"id"}) for a in automation.actions]
-        return trigger, actions, automation.enabled
-
-    return shape(found) == shape(wanted)
-
-
-@task(name="ensure-zombie-automation", cache_policy=NO_CACHE)
-def ensure_zombie_automation(within_seconds: int | None = None) -> str:
-    """Make sure a run whose process died (no heartbeat for ``within_seconds``) is marked Crashed.
-
-    Prefect's documented recipe for zombie runs; a paused or suspended run stops beating on purpose
-    and is left alone. Runs beat when PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set (prefect.yaml sets 30 s).
-    An automation made by an earlier version (or with another delay) is brought up to date.
-    """
-    wanted = zombie_automation(within_seconds or RetireSettings().zombie_after_seconds)
     with get_client(sync_client=True) as client:
         found = [a for a in client.read_automations_by_name(ZOMBIE_AUTOMATION) if a.name == ZOMBIE_AUTOMATION]
-        if found and _same(found[0], wanted):
-            return "exists"
-        if found:
-            client.update_automation(found[0].id, wanted)
-            return "updated"
-    wanted.create()
-    return "created"
+        for automation in found:
+            client.delete_automation(automation.id)
+    return f"{len(found)} deleted" if found else "none"
+
+
+def _last_beat(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
+    """The latest heartbeat a running run sent since it entered Running (None: none yet)."""
+    since = run.state.timestamp if run.state else None
+    if since is None:
+        return None
+    page = client.read_events(
+        filter=EventFilter(
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+        ),
+        limit=1,
+    )
+    return max((e.occurred for e in page.events), default=None)
+
+
+@task(name="crash-silent-runs", cache_policy=NO_CACHE)
+def crash_silent_runs() -> list[str]:
+    """Mark Crashed every retire-model run still Running that sent no heartbeat for RETIRE_ZOMBIE_AFTER_SECONDS.
+
+    Its process is gone (its worker was killed, the machine died); the retirement it carried is then judged
+    by :func:`judge` like any other whose run crashed. Deployed retire-model runs beat every 30 s
+    (prefect.yaml, `retire serve`); a run outside a deployment counts only once it has beaten. A run being
+    cancelled whose process is gone is marked Cancelled. Only the current state
+    counts: a run waiting at a gate does not beat and is never touched (a heartbeat sent just after it
+    suspended would have made Prefect's zombie automation crash it). Returns one line per run marked.
+    """
+    zombie_after = timedelta(seconds=RetireSettings().zombie_after_seconds)
+    marked = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETIRE_FLOW])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING]))
+            ),
+        )
+        for run in runs:
+            state = run.state
+            if state is None or str(run.id) == _self_id():
+                continue
+            beat = _last_beat(client, run)
+            if run.deployment_id is None and beat is None:
+                continue  # not a deployment's run: it may run without heartbeats, silence proves nothing
+            if not silent(state.timestamp, beat, utcnow(), zombie_after):
+                continue
+            why = f"no heartbeat for {zombie_after.total_seconds():g} s: its process is gone"
+            new: State[Any] = Cancelled(message=why) if state.type == StateType.CANCELLING else Crashed(message=why)
+            # Only if it is still in the state judged: a run that moved on meanwhile (to a gate, say) is left alone.
+            current = client.read_flow_run(run.id).state
+            if current is None or current.id != state.id:
+                continue
+            client.set_flow_run_state(run.id, new, force=True)
+            marked.append(f"{run.name} ({state.name}): {why}")
+    if marked:
+        get_run_logger().warning("marked %d silent run(s): %s", len(marked), "; ".join(marked))
+    return marked
 
 
 @task(name="judge-retirements", cache_policy=NO_CACHE)
 def judge() -> list[tuple[Decision, dict[str, object]]]:
     """Every open retirement judged against its runs; each decision with the request it belongs to.
 
-    A run still Pending twice the zombie delay after a worker took it (at least 2 minutes) was lost with
-    that worker: its process never started, so it never beat and the zombie automation cannot see it.
+    A run still Pending twice RETIRE_ZOMBIE_AFTER_SECONDS (at least 3 minutes: on a loaded machine a run
+    takes over a minute from Pending to Running) after a worker took it was lost with that worker: its
+    process never started, so it never beat.
     """
     settings = RetireSettings()
     _, states = bootstrap.stores(settings)
     found = states.by_status(OPEN)
     now = utcnow()
-    pending_limit = timedelta(seconds=max(120, 2 * settings.zombie_after_seconds))
+    pending_limit = timedelta(seconds=max(180, 2 * settings.zombie_after_seconds))
     decisions: list[tuple[Decision, dict[str, object]]] = []
     with get_client(sync_client=True) as client:
         for state in found:
@@ -152,6 +168,9 @@ def resume(decision: Decision, request: dict[str, object]) -> str:
         if decision.lost:
             with get_client(sync_client=True) as client:
                 for run_id in decision.lost:
+                    current = client.read_flow_run(UUID(run_id)).state
+                    if current is None or current.type != StateType.PENDING:  # it started after all
+                        return f"{decision.retirement_id}: run {run_id} left Pending meanwhile; looking again next time"
                     client.set_flow_run_state(
                         UUID(run_id), Crashed(message="stuck Pending: lost with its worker"), force=True
                     )
