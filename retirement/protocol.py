@@ -931,6 +931,12 @@ def restore_drill(svc: Services, state: RetirementState) -> dict[str, Any]:
         with contextlib.suppress(Exception):  # the scratch model goes when empty
             local.delete_model(ref.name)
 
+    if scratch_ref is not None:
+        # A drill killed after it imported its scratch version leaves it behind; the intent says it is ours.
+        interrupted = _intent_without_outcome(svc, state, "restore-drill") is not None
+        if interrupted and local is not None and local.exists(scratch_ref):
+            remove(scratch_ref)
+        record(svc, state, "intent", "restore-drill", detail={"scratch": str(scratch_ref)})
     report = run_drill(
         svc.backups,  # type: ignore[arg-type]
         state.backup_location,
