@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -14,7 +16,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -123,10 +126,10 @@ def _process_table() -> dict[int, tuple[int, int, int]]:
     return table
 
 
-def descendants(pid: int) -> list[int]:
-    """Every living descendant of ``pid`` (children, their children, ...), from /proc."""
+def descendants(pid: int, table: dict[int, tuple[int, int, int]] | None = None) -> list[int]:
+    """Every living descendant of ``pid`` (children, their children, ...), from /proc (or ``table``, read once)."""
     children: dict[int, list[int]] = {}
-    for child, (parent, _, _) in _process_table().items():
+    for child, (parent, _, _) in (table if table is not None else _process_table()).items():
         children.setdefault(parent, []).append(child)
     found: list[int] = []
     todo = list(children.get(pid, []))
@@ -639,6 +642,7 @@ class FlowRunProcess:
     cwd: str
     pythonpath: str
     cmdline: str
+    flow_run_id: str = ""
 
 
 @dataclass
@@ -880,11 +884,12 @@ class WorkerPool:
     def flow_run_processes(self, i: int | None = None) -> list[FlowRunProcess]:
         """The flow-run engine processes (``python -m prefect.engine``) running under worker ``i`` (or any)."""
         found = []
+        table = _process_table()
         for worker in self._workers if i is None else [self._workers[i]]:
             pid = self.pid(worker.index)
             if pid is None:
                 continue
-            for child in descendants(pid):
+            for child in descendants(pid, table):
                 try:
                     cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
                     if "prefect.engine" not in cmdline:
@@ -893,9 +898,15 @@ class WorkerPool:
                     environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                pythonpath = next((e[11:].decode() for e in environ if e.startswith(b"PYTHONPATH=")), "")
-                found.append(FlowRunProcess(child, worker.index, cwd, pythonpath, cmdline))
+                variables = dict(e.decode(errors="replace").partition("=")[::2] for e in environ if b"=" in e)
+                pythonpath = variables.get("PYTHONPATH", "")
+                run_id = variables.get("PREFECT__FLOW_RUN_ID", "")
+                found.append(FlowRunProcess(child, worker.index, cwd, pythonpath, cmdline, run_id))
         return found
+
+    def worker_of(self, flow_run_id: str) -> int | None:
+        """The worker whose flow-run process runs ``flow_run_id`` right now (None when no process does)."""
+        return next((p.worker for p in self.flow_run_processes() if p.flow_run_id == flow_run_id), None)
 
     def stop(self) -> None:
         """Stop every worker and its flow runs by PID."""
@@ -906,7 +917,7 @@ class WorkerPool:
 class FlowRunWatcher:
     """Samples the workers' flow-run processes in a thread, to tell which copy ran which run; a context manager."""
 
-    def __init__(self, pool: WorkerPool, interval: float = 0.3) -> None:
+    def __init__(self, pool: WorkerPool, interval: float = 1.0) -> None:
         self.pool = pool
         self.interval = interval
         self.seen: dict[int, FlowRunProcess] = {}
@@ -1014,7 +1025,7 @@ class ChaosStack:
     def gateway_url(self) -> str:
         return f"http://{self.env['RETIRE_GATEWAY_HOST']}:{self.env['RETIRE_GATEWAY_PORT']}"
 
-    def retire(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def retire(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``retire ARGS`` from worker 0's copy of the project (the code the workers run) with ``env``.
 
         Raises:
@@ -1035,9 +1046,195 @@ class ChaosStack:
         return result
 
 
+class Background:
+    """Scenarios that run in threads while other tests run, each asserted later by its own test.
+
+    Several retirements share the stack at once where they do not interfere (nothing here kills a worker),
+    which keeps the chaos package within its time budget. A scenario is ``fn(stack, background) -> str``;
+    it raises AssertionError when what it checks does not hold, may wait for another scenario's milestones
+    (:meth:`wait_for`, :meth:`mark`), and gives up when ``background.stop`` is set.
+    """
+
+    def __init__(self, stack: ChaosStack) -> None:
+        self.stack = stack
+        self.stop = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._outcome: dict[str, tuple[float, Any, BaseException | None]] = {}
+        self._marks: dict[str, threading.Event] = {}
+
+    def start(self, scenarios: dict[str, Callable[[ChaosStack, Background], Any]]) -> None:
+        """Start each ``scenario(stack, self)`` in its own thread (all registered first, so that any of them
+        can wait for another one's milestones)."""
+        fresh = [self._add(name, scenario) for name, scenario in scenarios.items() if name not in self._threads]
+        for thread in fresh:
+            thread.start()
+
+    def _add(self, name: str, scenario: Callable[[ChaosStack, Background], Any]) -> threading.Thread:
+
+        def run() -> None:
+            t0 = time.monotonic()
+            try:
+                value = scenario(self.stack, self)
+                self._outcome[name] = (time.monotonic() - t0, value, None)
+                print(f"[chaos] background scenario {name} ended after {time.monotonic() - t0:.0f}s", flush=True)
+            except BaseException as exc:  # handed to the test that asks for it
+                self._outcome[name] = (time.monotonic() - t0, None, exc)
+                said = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+                print(
+                    f"[chaos] background scenario {name} FAILED after {time.monotonic() - t0:.0f}s: {said}", flush=True
+                )
+            finally:
+                self.mark(name)
+
+        thread = threading.Thread(target=run, name=f"chaos-{name}", daemon=True)
+        self._threads[name] = thread
+        return thread
+
+    def mark(self, name: str) -> None:
+        """Say that ``name`` happened (a scenario's milestone; every scenario marks its own name when it ends)."""
+        self._marks.setdefault(name, threading.Event()).set()
+
+    def wait_for(self, names: Iterable[str], timeout: float) -> list[str]:
+        """Wait until each of ``names`` (``scenario`` or ``scenario:milestone``) was marked, or its scenario ended
+        or was never started; return those still missing after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while True:
+            pending = [
+                n
+                for n in pending
+                if n.split(":", 1)[0] in self._threads
+                and not any(self._marks.get(m, threading.Event()).is_set() for m in (n, n.split(":", 1)[0]))
+            ]
+            if not pending or time.monotonic() > deadline or self.stop.is_set():
+                return pending
+            time.sleep(1)
+
+    def result(self, name: str, timeout: float) -> tuple[float, Any]:
+        """Wait for ``name`` to end (at most ``timeout`` s); return (seconds it took, what it returned), or raise
+        what it raised."""
+        thread = self._threads.get(name)
+        if thread is None:
+            raise HarnessError(f"background scenario {name} was never started")
+        thread.join(timeout)
+        if thread.is_alive():
+            raise AssertionError(f"background scenario {name} still running after {timeout:.0f} s more")
+        took, value, error = self._outcome[name]
+        if error is not None:
+            raise error
+        return took, value
+
+    def wait_all(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s in all) until no background scenario runs (errors wait for their tests)."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Tell every scenario to give up and wait for its thread (bounded)."""
+        self.stop.set()
+        self.wait_all(timeout)
+
+
+def operator_env(home: Path, database_url: str, gateway_port: int) -> dict[str, str]:
+    """What the operator sets on every worker and on the test's own `retire` calls.
+
+    Short limits for windows of seconds, and a zombie delay of 60 s (the product allows 45, its default is
+    90): the reconciler marks a running run Crashed once it sent no heartbeat for 60 s (runs beat every
+    30 s; on this loaded machine a heartbeat is persisted up to ~15 s late) and resumes its retirement.
+    """
+    return {
+        "RETIRE_HOME": str(home),
+        "RETIRE_DATABASE_URL": database_url,
+        "RETIRE_GATEWAY_HOST": LOOPBACK,
+        "RETIRE_GATEWAY_PORT": str(gateway_port),
+        "RETIRE_MIN_TRAFFIC_WINDOW_HOURS": "0",
+        "RETIRE_CUTOVER_GRACE_SECONDS": "2",
+        "RETIRE_GATE_POLL_SECONDS": "1",
+        "RETIRE_ZOMBIE_AFTER_SECONDS": "60",
+    }
+
+
+def start_gateway(home: Path) -> Any:
+    """The local gateway on a free port (another one if that port is taken before it binds)."""
+    from retirement.errors import ConflictError, PlatformUnavailableError
+    from retirement.gateway.server import GatewayProcess
+    from retirement.settings import RetireSettings
+
+    settings = RetireSettings(home=home, local_root=home / "local")
+    failures = []
+    for _ in range(3):
+        try:
+            return GatewayProcess(settings, free_port()).start()
+        except (ConflictError, PlatformUnavailableError) as exc:
+            failures.append(str(exc))
+    raise HarnessError("the gateway did not start:\n" + "\n".join(failures))
+
+
+@contextlib.contextmanager
+def running_stack(
+    root: Path, *, project: Path = PROJECT_DIR, say: Callable[[str], None] = print
+) -> Iterator[tuple[ChaosStack, PostgresCluster]]:
+    """Start the whole stack under ``root`` and stop everything it started (by PID) on exit.
+
+    Yields the stack and its PostgreSQL cluster (whose folder the caller removes with ``remove()``
+    once it no longer wants the logs).
+    """
+    t0 = time.monotonic()
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as cleanup:
+        # A second Ctrl-C during the teardown would skip it: whatever is still running stops at exit then.
+        atexit.register(cleanup.close)
+        cleanup.callback(atexit.unregister, cleanup.close)
+        postgres = PostgresCluster(("prefect", "retire"))
+        cleanup.callback(postgres.stop)
+        postgres.start()
+        say(f"[chaos] PostgreSQL on 127.0.0.1:{postgres.port} ({time.monotonic() - t0:.1f}s)")
+
+        prefect = PrefectServer(postgres.url("prefect", "asyncpg"), root / "prefect")
+        cleanup.callback(prefect.stop)
+        prefect.start()
+        say(f"[chaos] Prefect server at {prefect.api_url} ({time.monotonic() - t0:.1f}s)")
+
+        gateway = start_gateway(home)
+        cleanup.callback(gateway.stop)
+        operator = operator_env(home, postgres.url("retire", "psycopg"), gateway.port)
+
+        workers = WorkerPool(prefect, root / "workers", operator, project=project)
+        cleanup.callback(workers.stop)
+        workers.start()
+        say(f"[chaos] {len(workers)} workers online on pool '{workers.pool}' ({time.monotonic() - t0:.1f}s)")
+
+        env = {**workers.cli_env(), "PYTHONPATH": str(workers.copy(0))}  # a person's shell in their checkout
+        yield ChaosStack(root, home, postgres, prefect, workers, gateway, env, time.monotonic() - t0), postgres
+
+
+def main() -> None:
+    """Start the stack by hand (``python -m tests.chaos.cluster [ROOT]``), print its environment, stop on Ctrl-C."""
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="retire-chaos-"))
+    root.mkdir(parents=True, exist_ok=True)
+    with running_stack(root, say=lambda s: print(s, flush=True)) as (stack, postgres):
+        (root / "env.sh").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in stack.env.items()))
+        print(f"[chaos] stack up in {stack.started_in:.0f}s; `source {root / 'env.sh'}` to act on it; Ctrl-C stops")
+
+        def stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    postgres.remove()
+    print(f"[chaos] stopped; logs, copies and RETIRE_HOME kept in {root}", flush=True)
+
+
 __all__ = [
     "DEPLOYMENT",
     "POOL",
+    "Background",
     "ChaosStack",
     "CpuHog",
     "FlowRunProcess",
@@ -1050,5 +1247,12 @@ __all__ = [
     "copy_project",
     "free_port",
     "kill_tree",
+    "operator_env",
+    "running_stack",
+    "start_gateway",
     "wait_until",
 ]
+
+
+if __name__ == "__main__":
+    main()

@@ -2,63 +2,57 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from retirement.errors import ConflictError, PlatformUnavailableError
-from retirement.gateway.server import GatewayProcess
-from retirement.settings import RetireSettings
 from tests.chaos.cluster import (
     PROJECT_DIR,
+    Background,
     ChaosStack,
-    HarnessError,
     PostgresCluster,
     PrefectServer,
     WorkerPool,
-    free_port,
+    running_stack,
 )
 
 CHAOS_DIR = Path(__file__).resolve().parent
 
 
+# The order the chaos tests run in: scenarios marked ``background`` start with the stack and run alongside
+# the smoke and load tests; the worker kills come last, alone (a kill takes down every run on that worker).
+ORDER = ("test_workers_smoke", "test_concurrent_load", "test_cancel_phases", "test_start_race", "test_worker_kills")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "background(scenario): the chaos scenario starts in a thread with the stack and this test asserts its outcome",
+    )
+
+
+def _is_chaos(item: pytest.Item) -> bool:
+    return CHAOS_DIR in Path(str(item.path)).resolve().parents
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/chaos carries the ``chaos`` marker."""
-    for item in items:
-        if CHAOS_DIR in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.chaos)
+    """Every test under tests/chaos carries the ``chaos`` marker; they run in ORDER."""
+    places = [i for i, item in enumerate(items) if _is_chaos(item)]
+    for i in places:
+        items[i].add_marker(pytest.mark.chaos)
 
+    def rank(item: pytest.Item) -> int:
+        module = Path(str(item.path)).stem
+        return ORDER.index(module) if module in ORDER else len(ORDER)
 
-def _operator_env(home: Path, database_url: str, gateway_port: int) -> dict[str, str]:
-    """What the operator sets on every worker and on the test's own `retire` calls."""
-    return {
-        "RETIRE_HOME": str(home),
-        "RETIRE_DATABASE_URL": database_url,
-        "RETIRE_GATEWAY_HOST": "127.0.0.1",
-        "RETIRE_GATEWAY_PORT": str(gateway_port),
-        "RETIRE_MIN_TRAFFIC_WINDOW_HOURS": "0",
-        "RETIRE_CUTOVER_GRACE_SECONDS": "2",
-        "RETIRE_GATE_POLL_SECONDS": "1",
-    }
-
-
-def _start_gateway(home: Path) -> GatewayProcess:
-    """The local gateway on a free port (another one if that port is taken before it binds)."""
-    settings = RetireSettings(home=home, local_root=home / "local")
-    failures = []
-    for _ in range(3):
-        try:
-            return GatewayProcess(settings, free_port()).start()
-        except (ConflictError, PlatformUnavailableError) as exc:
-            failures.append(str(exc))
-    raise HarnessError("the gateway did not start:\n" + "\n".join(failures))
+    ordered = sorted((items[i] for i in places), key=rank)
+    for i, item in zip(places, ordered, strict=True):
+        items[i] = item
 
 
 @pytest.fixture(scope="package")
@@ -71,34 +65,10 @@ def chaos_stack(request: pytest.FixtureRequest) -> Iterator[ChaosStack]:
     The workers run copies of this checkout (RETIRE_CHAOS_PROJECT names another one). The stack's folder
     (RETIRE_HOME, the copies, every log) is kept when a test failed or RETIRE_CHAOS_KEEP is set.
     """
-    t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="retire-chaos-"))
-    home = root / "home"
-    home.mkdir()
     print(f"\n[chaos] stack folder {root}", flush=True)
-    with contextlib.ExitStack() as cleanup:
-        postgres = PostgresCluster(("prefect", "retire"))
-        cleanup.callback(postgres.stop)
-        postgres.start()
-        print(f"[chaos] PostgreSQL on 127.0.0.1:{postgres.port} ({time.monotonic() - t0:.1f}s)", flush=True)
-
-        prefect = PrefectServer(postgres.url("prefect", "asyncpg"), root / "prefect")
-        cleanup.callback(prefect.stop)
-        prefect.start()
-        print(f"[chaos] Prefect server at {prefect.api_url} ({time.monotonic() - t0:.1f}s)", flush=True)
-
-        gateway = _start_gateway(home)
-        cleanup.callback(gateway.stop)
-        operator = _operator_env(home, postgres.url("retire", "psycopg"), gateway.port)
-
-        project = Path(os.environ.get("RETIRE_CHAOS_PROJECT") or PROJECT_DIR)
-        workers = WorkerPool(prefect, root / "workers", operator, project=project)
-        cleanup.callback(workers.stop)
-        workers.start()
-        print(f"[chaos] {len(workers)} workers online on pool 'retirement' ({time.monotonic() - t0:.1f}s)", flush=True)
-
-        env = {**workers.cli_env(), "PYTHONPATH": str(workers.copy(0))}  # a person's shell in their checkout
-        stack = ChaosStack(root, home, postgres, prefect, workers, gateway, env, time.monotonic() - t0)
+    project = Path(os.environ.get("RETIRE_CHAOS_PROJECT") or PROJECT_DIR)
+    with running_stack(root, project=project, say=lambda s: print(s, flush=True)) as (stack, postgres):
         yield stack
     keep = os.environ.get("RETIRE_CHAOS_KEEP") or request.session.testsfailed
     if keep:
@@ -136,8 +106,23 @@ def chaos_env(chaos_stack: ChaosStack) -> dict[str, str]:
     return dict(chaos_stack.env)
 
 
+@pytest.fixture(scope="package")
+def background(chaos_stack: ChaosStack, request: pytest.FixtureRequest) -> Iterator[Background]:
+    """Starts, with the stack, the scenario of every selected test marked ``background``; stops them at the end."""
+    started = Background(chaos_stack)
+    scenarios = {}
+    for item in request.session.items:
+        marker = item.get_closest_marker("background")
+        if marker is not None and _is_chaos(item):
+            scenarios[marker.args[0].__name__] = marker.args[0]
+    print(f"[chaos] background scenarios start: {', '.join(scenarios) or 'none'}", flush=True)
+    started.start(scenarios)
+    yield started
+    started.close()
+
+
 @pytest.fixture(autouse=True)
-def retire_home(chaos_stack: ChaosStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def retire_home(chaos_stack: ChaosStack, background: Background, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Overrides the suite's per-test RETIRE_HOME: a chaos test acts on the stack's shared one.
 
     This process gets the stack's RETIRE_* and PREFECT_API_URL (the Prefect settings context too),

@@ -1,4 +1,8 @@
-"""One retirement end to end on the chaos stack: two workers from two copies, state shared through the store."""
+"""One retirement end to end on the chaos stack: two workers from two copies, state shared through the store.
+
+It runs first, while the background scenarios (load, cancel, race) start on the same stack; its gates are
+answered with `retire approve`, as a person in a terminal would.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from tests.chaos.cluster import POOL, ChaosStack, FlowRunWatcher
 
 pytestmark = pytest.mark.chaos
 
-DEADLINE_SECONDS = 360
+DEADLINE_SECONDS = 720  # the background scenarios (40 retirements' worth of runs and a CPU hog) share the machine
 REQUESTER = "alice"
 APPROVER = "bob"
 FAILED = ("FAILED", "CRASHED")
@@ -100,7 +104,6 @@ def test_one_retirement_runs_on_the_work_pool_from_both_copies(chaos_stack: Chao
     answered: set[str] = set()
     refused: list[str] = []
     rid: str | None = None
-    status = ""
     try:
         with FlowRunWatcher(stack.workers) as watcher:
             first = _start(stack)
@@ -108,15 +111,16 @@ def test_one_retirement_runs_on_the_work_pool_from_both_copies(chaos_stack: Chao
             while time.monotonic() < deadline:
                 rid = rid or _retirement_id(stack, first)
                 if rid is not None:
-                    status = _status(stack, rid)
-                    headline = status.splitlines()[0] if status else ""
-                    if " - done" in headline or " - halted" in headline:
+                    # Watched in the store (a `retire status` a second would cost a core on this shared machine).
+                    stored = stack.postgres.query("SELECT status FROM retirements WHERE id = %s", (rid,))
+                    if stored and stored[0][0] in ("done", "halted", "cancelled"):
                         break
                     failed = [r for r in stack.prefect.flow_runs(tags=[rid]) if r["state_type"] in FAILED]
-                    assert not failed, f"{failed[0]['name']} ended {failed[0]['state_name']}:\n{status}"
+                    assert not failed, f"{failed[0]['name']} ended {failed[0]['state_name']}:\n{_status(stack, rid)}"
                     _answer_gates(stack, rid, answered, refused)
-                time.sleep(1)
+                time.sleep(2)
             else:
+                status = _status(stack, rid) if rid else "(the retirement never opened)"
                 pytest.fail(
                     f"the retirement did not finish within {DEADLINE_SECONDS} s; last `retire status`:\n{status}\n"
                     f"gates answered: {sorted(answered)}; refused answers: {refused[-3:]}\n"
@@ -126,6 +130,7 @@ def test_one_retirement_runs_on_the_work_pool_from_both_copies(chaos_stack: Chao
     finally:
         traffic.stop()
     assert rid is not None
+    status = _status(stack, rid)
     print(f"[smoke] {rid} finished in {took:.1f}s:\n{status}", flush=True)
 
     # What the user sees: done, the old version gone from the gateway, a backup with its manifest.
