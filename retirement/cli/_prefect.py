@@ -192,11 +192,11 @@ def retirement_runs(retirement_id: str) -> list[Any]:
 LIVE_TYPES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 
 
-def cancel_runs(retirement_id: str) -> list[str]:
+def cancel_runs(retirement_id: str) -> list[tuple[str, str]]:
     """Cancel every run of a retirement that is scheduled, waiting at a gate, pending or running.
 
     Running runs are moved to Cancelling: their worker (or `retire serve`) stops the process.
-    Returns one line per run cancelled: its name and the state it was in.
+    Returns, for each run cancelled, its id and a line with its name and the state it was in.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import State
@@ -211,7 +211,7 @@ def cancel_runs(retirement_id: str) -> list[str]:
                 continue
             new: State = Cancelling(message=message) if kind == "RUNNING" else Cancelled(message=message)
             client.set_flow_run_state(run.id, new, force=True)
-            said.append(f"{run.name} ({run.state.name if run.state else kind})")
+            said.append((str(run.id), f"{run.name} ({run.state.name if run.state else kind})"))
     return said
 
 

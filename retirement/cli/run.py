@@ -356,7 +356,7 @@ def _describe(state: RetirementState, truth: str | None = None) -> str:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from retirement.cli._prefect import cancel_runs, live_runs, use_server
+    from retirement.cli._prefect import LIVE_TYPES, cancel_runs, live_runs, retirement_runs, use_server
 
     settings = RetireSettings()
     use_server(settings)
@@ -366,6 +366,7 @@ def _cancel(args: argparse.Namespace) -> int:
         raise InputError("ID", f"retirement {state.id} is already {state.status}", "a running or waiting retirement")
     svc = services(state.request.platform, list(state.request.traffic_sources))
     try:
+        live_before = {str(r.id) for r in retirement_runs(state.id) if r.state and r.state.type.value in LIVE_TYPES}
         # First the store: from this commit on, every destructive call of every run refuses.
         if not protocol.halt(svc, state, f"cancelled by {args.by}", status="cancelled", actor=args.by):
             raise InputError("ID", f"retirement {state.id} was {state.status} meanwhile", "a running retirement")
@@ -374,11 +375,22 @@ def _cancel(args: argparse.Namespace) -> int:
         while live_runs(state.id) and time.monotonic() < deadline:  # a call already under way finishes first
             time.sleep(1)
         still = [f"{r.name} ({r.state.name})" for r in live_runs(state.id)]
+        # A run at work sees the cancel in the store and stops by itself, often before it could be cancelled.
+        by_itself = [
+            f"{r.name} ({r.state.name})"
+            for r in retirement_runs(state.id)
+            if str(r.id) in live_before
+            and str(r.id) not in {run_id for run_id, _ in cancelled}
+            and r.state is not None
+            and r.state.type.value not in LIVE_TYPES
+        ]
         undone = protocol.compensate(svc, state)
     finally:
         svc.close()
     print(f"{state.id} cancelled by {args.by}: nothing destructive happens after this.")
-    print(f"runs cancelled ({len(cancelled)}): " + (", ".join(cancelled) or "none"))
+    print(f"runs cancelled ({len(cancelled)}): " + (", ".join(line for _, line in cancelled) or "none"))
+    if by_itself:
+        print(f"runs that stopped by themselves when the cancel landed ({len(by_itself)}): " + ", ".join(by_itself))
     for line in undone:
         print(line)
     if still:
